@@ -1,0 +1,43 @@
+"""The Airflow-free dbt execution core: runtime, profiles, runners, artifacts, errors."""
+
+from dlh_airflow_common.core.artifacts import RunSummary, load_artifact, summarize
+from dlh_airflow_common.core.exceptions import (
+    DbtCancelledException,
+    DbtCompilationException,
+    DbtConnectionException,
+    DbtException,
+    DbtProfileException,
+    DbtProjectException,
+    DbtRuntimeException,
+    DbtTestFailure,
+    DbtTimeoutException,
+)
+from dlh_airflow_common.core.invoke import DbtCommand, DbtInvoker, DbtTaskResult, ProfileConfig
+from dlh_airflow_common.core.profiles import ConnectionInfo
+from dlh_airflow_common.core.runners import InProcessRunner, SubprocessRunner
+from dlh_airflow_common.core.runtime import DbtRuntime, RunIdentity, project_dir_from_dag_file
+
+__all__ = [
+    "ConnectionInfo",
+    "DbtCancelledException",
+    "DbtCommand",
+    "DbtCompilationException",
+    "DbtConnectionException",
+    "DbtException",
+    "DbtInvoker",
+    "DbtProfileException",
+    "DbtProjectException",
+    "DbtRuntime",
+    "DbtRuntimeException",
+    "DbtTaskResult",
+    "DbtTestFailure",
+    "DbtTimeoutException",
+    "InProcessRunner",
+    "ProfileConfig",
+    "RunIdentity",
+    "RunSummary",
+    "SubprocessRunner",
+    "load_artifact",
+    "project_dir_from_dag_file",
+    "summarize",
+]

@@ -1,0 +1,70 @@
+"""Turn dbt's structured log events into progress lines and failure context (no regex on text)."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_STATUS_WORDS = {"success": "OK", "ok": "OK", "pass": "PASS", "error": "ERROR", "fail": "FAIL",
+                 "warn": "WARN", "skipped": "SKIP", "skip": "SKIP", "runtime error": "ERROR"}
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret value in ``text``; used on anything we log or raise."""
+    for value in secrets:
+        if value and len(value) >= 3:
+            text = text.replace(value, "*****")
+    return text
+
+
+class EventCollector:
+    """Consumes dbt events (JSON log lines or callback messages, both ``{info, data}`` dicts)."""
+
+    def __init__(
+        self,
+        progress: Callable[[str], None] | None = None,
+        secrets: Iterable[str] = (),
+        tail_size: int = 40,
+    ) -> None:
+        self._progress = progress or log.info
+        self._secrets = [s for s in secrets if s]
+        self.tail: deque[str] = deque(maxlen=tail_size)
+        self.errors: list[str] = []
+        self.node_results: list[dict[str, Any]] = []
+        self.event_count = 0
+
+    def feed_text(self, line: str) -> None:
+        """A line that is not a JSON event (a traceback on stderr, an adapter's print)."""
+        line = redact(line.rstrip("\n"), self._secrets)
+        if line:
+            self.tail.append(line)
+
+    def feed(self, event: dict[str, Any]) -> None:
+        self.event_count += 1
+        info = event.get("info") or {}
+        data = event.get("data") or {}
+        name = info.get("name", "")
+        msg = redact(str(info.get("msg") or ""), self._secrets)
+        level = info.get("level", "")
+        if msg and level in {"info", "warn", "error"}:
+            self.tail.append(msg)
+        if level == "error" and msg:
+            self.errors.append(msg)
+        node = data.get("node_info") or {}
+        total = data.get("total") or data.get("num_models")
+        if "index" in data and total and node.get("unique_id") and name != "LogStartLine":
+            status = "skipped" if name == "SkippingDetails" else str(
+                data.get("status") or node.get("node_status") or ""
+            ).lower()
+            word = _STATUS_WORDS.get(status, status.upper() or "DONE")
+            seconds = float(data.get("execution_time") or 0.0)
+            line = f"[{data['index']}/{total}] {word} {node['unique_id']} {seconds:.1f}s"
+            self.node_results.append({"unique_id": node["unique_id"], "status": word})
+            self._progress(line)
+
+    def output_tail(self, lines: int = 25) -> str:
+        return "\n".join(list(self.tail)[-lines:])

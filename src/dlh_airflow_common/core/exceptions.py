@@ -1,0 +1,86 @@
+"""Exception hierarchy for dbt runs: the class tells the caller what to do next."""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:  # Airflow treats AirflowException specially (task failure, not crash); use it when present.
+    from airflow.sdk.exceptions import AirflowException as _Base
+except ImportError:  # pragma: no cover - exercised only without Airflow installed
+    try:
+        from airflow.exceptions import AirflowException as _Base
+    except ImportError:
+        _Base = Exception  # type: ignore[misc,assignment]
+
+
+class DbtException(_Base):  # type: ignore[misc,valid-type]
+    """Base of every dbt failure; carries what an operator needs to triage without digging."""
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: str | None = None,
+        return_code: int | None = None,
+        failed_nodes: list[dict[str, Any]] | None = None,
+        output_tail: str = "",
+    ) -> None:
+        self.message = message
+        self.command = command
+        self.return_code = return_code
+        self.failed_nodes = failed_nodes or []
+        self.output_tail = output_tail
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        parts = [self.message]
+        if self.command:
+            parts.append(f"command: {self.command}")
+        if self.return_code is not None:
+            parts.append(f"return code: {self.return_code}")
+        for node in self.failed_nodes:
+            msg = (node.get("message") or "").strip().replace("\n", "\n      ")
+            parts.append(f"  - {node.get('unique_id')} [{node.get('status')}]: {msg}")
+        if self.output_tail:
+            parts.append("--- last dbt output ---\n" + self.output_tail)
+        return "\n".join(parts)
+
+
+class DbtCompilationException(DbtException):
+    """The project does not compile (Jinja, YAML, missing ref): a code fix is needed."""
+
+
+class DbtRuntimeException(DbtException):
+    """A node failed in the warehouse (SQL error, data issue): not fixed by retrying."""
+
+
+class DbtTestFailure(DbtRuntimeException):
+    """A data test with severity error failed."""
+
+
+class DbtConnectionException(DbtException):
+    """The warehouse could not be reached: transient, worth retrying."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, conn_id: str | None = None, **kwargs: Any) -> None:
+        self.conn_id = conn_id
+        super().__init__(message, **kwargs)
+
+
+class DbtProfileException(DbtException):
+    """The profile or connection configuration is wrong: the message names the field to fix."""
+
+
+class DbtProjectException(DbtException):
+    """The dbt project itself cannot be used (missing directory, no dbt_project.yml)."""
+
+
+class DbtCancelledException(DbtException):
+    """The run was cancelled (on_kill, timeout); partial results are attached."""
+
+
+class DbtTimeoutException(DbtCancelledException):
+    """The run exceeded its time limit and was cancelled."""

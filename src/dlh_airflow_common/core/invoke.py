@@ -1,0 +1,328 @@
+"""One dbt command, done right: isolated runtime, secret-safe profile, streamed, classified, retried."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tenacity
+
+from dlh_airflow_common.core.artifacts import (
+    RunSummary,
+    load_run_results,
+    load_sources,
+    summarize,
+)
+from dlh_airflow_common.core.classify import classify_messages, is_transient
+from dlh_airflow_common.core.events import EventCollector, redact
+from dlh_airflow_common.core.exceptions import (
+    DbtCancelledException,
+    DbtConnectionException,
+    DbtException,
+    DbtRuntimeException,
+    DbtTestFailure,
+    DbtTimeoutException,
+)
+from dlh_airflow_common.core.profiles import (
+    SECRET_PREFIX,
+    ConnectionInfo,
+    ProfilesDir,
+    check_user_profiles_dir,
+    render_profile,
+)
+from dlh_airflow_common.core.runners import DbtCall, Runner, RunnerResult, SubprocessRunner
+from dlh_airflow_common.core.runtime import DbtRuntime, RunIdentity, _read_project_yml, validate_project_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DbtCommand:
+    """A dbt command line; selection grammar is passed through to dbt untouched."""
+
+    command: str
+    select: Sequence[str] | str | None = None
+    exclude: Sequence[str] | str | None = None
+    selector: str | None = None
+    vars: Mapping[str, Any] | str | None = None
+    full_refresh: bool = False
+    extra_args: Sequence[str] = ()
+
+    @property
+    def words(self) -> list[str]:
+        return self.command.split()
+
+    def vars_text(self) -> str | None:
+        if self.vars is None or self.vars == {}:
+            return None
+        return self.vars if isinstance(self.vars, str) else json.dumps(self.vars, sort_keys=True)
+
+    def argv(self) -> list[str]:
+        args = self.words
+        for flag, value in (("--select", self.select), ("--exclude", self.exclude)):
+            items = [value] if isinstance(value, str) else list(value or [])
+            if items:
+                args += [flag, *items]
+        if self.selector:
+            args += ["--selector", self.selector]
+        text = self.vars_text()
+        if text is not None:
+            args += ["--vars", text]
+        if self.full_refresh:
+            args.append("--full-refresh")
+        return [*args, *self.extra_args]
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """Where dbt's profile comes from: an Airflow connection (rendered) or the user's profiles dir."""
+
+    connection: ConnectionInfo | None = None
+    profiles_dir: str | None = None
+    profile_name: str | None = None
+    target_name: str | None = None
+    schema_override: str | None = None
+
+
+@dataclass
+class DbtTaskResult:
+    """What one dbt command produced; ``target_dir`` is None once the run's artifacts are removed."""
+
+    success: bool
+    return_code: int
+    command: str
+    summary: RunSummary
+    run_results: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
+    target_dir: Path | None = None
+    attempts: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The compact form for XCom: no manifest, no full run_results."""
+        return {
+            "success": self.success,
+            "return_code": self.return_code,
+            "command": self.command,
+            "summary": self.summary.to_dict(),
+            "target_dir": str(self.target_dir) if self.target_dir else None,
+            "attempts": self.attempts,
+        }
+
+
+ArtifactsCallback = Callable[[Path, "DbtTaskResult | None"], None]
+
+
+class DbtInvoker:
+    """Runs dbt commands for one project; one instance per task (it holds the cancellable run)."""
+
+    def __init__(
+        self,
+        project_dir: str | os.PathLike[str],
+        profile: ProfileConfig,
+        *,
+        runner: Runner | None = None,
+        runtime_root: str | os.PathLike[str] | None = None,
+        identity: RunIdentity | None = None,
+        keep_target_artifacts: bool = False,
+        target_path: str | os.PathLike[str] | None = None,
+        retry_limit: int = 0,
+        retry_delay: float = 1.0,
+        retry_max_delay: float = 60.0,
+        env_vars: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        progress: Callable[[str], None] | None = None,
+        partial_parse: bool = True,
+        artifacts_callback: ArtifactsCallback | None = None,
+    ) -> None:
+        self.project_dir = validate_project_dir(project_dir)
+        self.profile = profile
+        self.runner: Runner = runner or SubprocessRunner()
+        self.runtime_root = runtime_root
+        self.identity = identity or RunIdentity()
+        self.keep_target_artifacts = keep_target_artifacts
+        self.target_path = Path(target_path) if target_path else None
+        self.retry_limit = max(0, int(retry_limit))
+        self.retry_delay = float(retry_delay)
+        self.retry_max_delay = float(retry_max_delay)
+        self.env_vars = dict(env_vars or {})
+        self.timeout = timeout
+        self.progress = progress
+        self.partial_parse = partial_parse
+        self.artifacts_callback = artifacts_callback
+        self.runtime: DbtRuntime | None = None
+        if profile.profiles_dir is None and profile.connection is None:
+            from dlh_airflow_common.core.exceptions import DbtProfileException
+
+            raise DbtProfileException("No profile given: pass conn_id (an Airflow connection) or profiles_dir")
+
+    # -- public -------------------------------------------------------------------------------
+    def invoke(self, command: DbtCommand) -> DbtTaskResult:
+        """Run ``command``; raise a classified :class:`DbtException` unless it succeeded."""
+        rendered = None
+        if self.profile.connection is not None:
+            rendered = render_profile(
+                self.profile.connection,
+                profile_name=self.profile.profile_name or self._project_profile_name(),
+                target_name=self.profile.target_name or "airflow",
+                schema_override=self.profile.schema_override,
+            )
+        user_profiles = (check_user_profiles_dir(self.profile.profiles_dir)
+                         if rendered is None and self.profile.profiles_dir else None)
+        secret_env = dict(rendered.env) if rendered else {}
+        secret_env.update({k: v for k, v in self.env_vars.items() if k.startswith(SECRET_PREFIX)})
+        secrets = list(secret_env.values())
+        is_deps = command.words[:1] == ["deps"]
+        runtime = DbtRuntime.create(
+            self.project_dir,
+            runtime_root=self.runtime_root,
+            identity=self.identity,
+            keep_target_artifacts=self.keep_target_artifacts,
+            for_deps=is_deps,
+        )
+        self.runtime = runtime
+        target_dir = self.target_path or runtime.target_dir
+        target_dir.mkdir(parents=True, exist_ok=True)
+        result: DbtTaskResult | None = None
+        attempts = 0
+        try:
+            profiles_holder = ProfilesDir(rendered, parent=runtime.run_dir) if rendered else None
+            try:
+                env = {
+                    **{k: v for k, v in self.env_vars.items() if not k.startswith(SECRET_PREFIX)},
+                    **secret_env,
+                    "DBT_PROJECT_DIR": str(runtime.shadow_dir),
+                    "DBT_PROFILES_DIR": str(profiles_holder.path if profiles_holder else user_profiles),
+                    "DBT_TARGET_PATH": str(target_dir),
+                    "DBT_LOG_PATH": str(runtime.log_dir),
+                }
+                profile_name = rendered.profile_name if rendered else self.profile.profile_name
+                target_name = rendered.target_name if rendered else self.profile.target_name
+                if profile_name:
+                    env["DBT_PROFILE"] = profile_name
+                if target_name:
+                    env["DBT_TARGET"] = target_name
+                if self.partial_parse and self.target_path is None:
+                    runtime.seed_partial_parse(self._parse_key(command, profile_name, target_name))
+                call = DbtCall(command.argv(), env, runtime.shadow_dir)
+                shown = redact(self.runner.describe(call.args), secrets)
+
+                retrying = tenacity.Retrying(
+                    stop=tenacity.stop_after_attempt(self.retry_limit + 1),
+                    wait=tenacity.wait_exponential(multiplier=self.retry_delay, min=self.retry_delay,
+                                                   max=self.retry_max_delay),
+                    retry=tenacity.retry_if_exception(is_transient),
+                    before_sleep=self._log_retry,
+                    reraise=True,
+                )
+                for attempt in retrying:
+                    with attempt:
+                        attempts = attempt.retry_state.attempt_number
+                        with self._deps_lock(runtime, is_deps):
+                            result = self._attempt(call, shown, command, target_dir, secrets, attempts)
+                if is_deps:
+                    runtime.publish_packages()
+                if self.partial_parse and self.target_path is None:
+                    runtime.publish_partial_parse()
+            finally:
+                if profiles_holder is not None:
+                    profiles_holder.close()
+            assert result is not None
+            return result
+        finally:
+            if self.artifacts_callback is not None:
+                try:
+                    self.artifacts_callback(target_dir, result)
+                except Exception as exc:  # an artifact consumer must never fail the dbt run
+                    log.warning("Artifact handling failed: %s", exc)
+            runtime.cleanup()
+            if result is not None and not self.keep_target_artifacts and self.target_path is None:
+                result.target_dir = None
+            self.runtime = None
+
+    def cancel(self) -> None:
+        """Stop the running command (SIGINT, grace period, SIGKILL); the caller gets partial results."""
+        self.runner.cancel()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _project_profile_name(self) -> str:
+        return str(_read_project_yml(self.project_dir).get("profile") or "default")
+
+    def _parse_key(self, command: DbtCommand, profile: str | None, target: str | None) -> str:
+        basis = json.dumps([profile, target, command.vars_text(), self.profile.schema_override])
+        return hashlib.sha256(basis.encode()).hexdigest()[:16]
+
+    @contextlib.contextmanager
+    def _deps_lock(self, runtime: DbtRuntime, is_deps: bool) -> Iterator[None]:
+        """Serialise ``dbt deps`` per project so two installs never interleave."""
+        if not is_deps:
+            yield
+            return
+        runtime.cache.root.mkdir(parents=True, exist_ok=True)
+        with open(runtime.cache.root / ".deps.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = (getattr(exc, "message", None) or str(exc)).splitlines()[0] if exc else "unknown"
+        wait = state.next_action.sleep if state.next_action else 0
+        log.warning("Transient dbt failure (attempt %d of %d): %s; retrying in %.1fs",
+                    state.attempt_number, self.retry_limit + 1, reason, wait)
+
+    def _attempt(self, call: DbtCall, shown: str, command: DbtCommand, target_dir: Path,
+                 secrets: list[str], attempt: int) -> DbtTaskResult:
+        for name in ("run_results.json", "sources.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (target_dir / name).unlink()
+        collector = EventCollector(progress=self.progress, secrets=secrets)
+        log.info("Running %s (attempt %d)", shown, attempt)
+        outcome: RunnerResult = self.runner.run(call, collector.feed, collector.feed_text, self.timeout)
+        run_results = load_run_results(target_dir) if (target_dir / "run_results.json").exists() else {}
+        sources = load_sources(target_dir) if (target_dir / "sources.json").exists() else {}
+        summary = summarize(sources if command.words[:2] == ["source", "freshness"] else run_results)
+        for line in summary.lines():
+            log.info(redact(line, secrets))
+        result = DbtTaskResult(
+            success=outcome.return_code == 0 and not outcome.cancelled,
+            return_code=outcome.return_code,
+            command=shown,
+            summary=summary,
+            run_results=run_results,
+            sources=sources,
+            target_dir=target_dir,
+            attempts=attempt,
+        )
+        if result.success:
+            return result
+        failed = [{**f, "message": redact(f["message"], secrets)} for f in summary.failures]
+        tail = collector.output_tail()
+        details: dict[str, Any] = {"command": shown, "return_code": outcome.return_code,
+                                   "failed_nodes": failed, "output_tail": tail}
+        if outcome.cancelled:
+            done = summary.counts.get("success", 0) + summary.counts.get("pass", 0)
+            cls = DbtTimeoutException if outcome.timed_out else DbtCancelledException
+            why = f"timed out after {self.timeout:.0f}s" if outcome.timed_out else "was cancelled"
+            raise cls(f"dbt {command.command} {why}; {done} of {summary.total} nodes had finished "
+                      f"successfully", **details)
+        messages = [f["message"] for f in failed] + collector.errors
+        if not messages:
+            messages = [tail]
+        exc_cls: type[DbtException] = classify_messages(messages)
+        if exc_cls is DbtRuntimeException and failed and all(f["status"] == "fail" for f in failed):
+            exc_cls = DbtTestFailure
+        headline = f"dbt {command.command} failed ({exc_cls.__name__}): {len(failed)} failing node(s)"
+        if exc_cls is DbtConnectionException:
+            conn = self.profile.connection
+            raise DbtConnectionException(headline, conn_id=conn.conn_id if conn else None, **details)
+        raise exc_cls(headline, **details)

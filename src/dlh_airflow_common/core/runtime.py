@@ -1,0 +1,385 @@
+"""A private, writable workspace for one dbt invocation, so a read-only project can run many at once.
+
+Layout under the runtime root (default ``/tmp/dbt``)::
+
+    runs/run_<YYYYmmdd_HHMMSS>_<dag>_<task>_try<n>_<rand>/
+        project/   shadow of the project: symlinks to its entries, private packages dir and lock file
+        target/    this run's target dir (artifacts, seeded partial-parse file)
+        logs/      this run's dbt.log
+    projects/<name>-<hash>/
+        packages -> packages.d/<version>   last published ``dbt deps`` result (swapped atomically)
+        package-lock.yml                   lock file written by that ``dbt deps``
+        partial_parse/<key>.msgpack        partial-parse cache, replaced atomically after each run
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlh_airflow_common.core.exceptions import DbtProjectException
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUNTIME_ROOT = "/tmp/dbt"
+RUNTIME_ROOT_ENV = "DLH_DBT_RUNTIME_ROOT"
+PARTIAL_PARSE_FILE = "partial_parse.msgpack"
+LOCK_FILE = "package-lock.yml"
+# Entries of the project dbt writes to or that belong to one run only: never linked into the shadow.
+_NOT_LINKED = {"target", "logs", LOCK_FILE, ".user.yml"}
+_KEEP_PACKAGE_VERSIONS = 3
+
+
+def default_runtime_root() -> Path:
+    """The runtime root: ``$DLH_DBT_RUNTIME_ROOT`` or ``/tmp/dbt``."""
+    return Path(os.environ.get(RUNTIME_ROOT_ENV) or DEFAULT_RUNTIME_ROOT)
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Who is running dbt; names the run directory so operators can find it."""
+
+    dag_id: str | None = None
+    task_id: str | None = None
+    try_number: int | None = None
+
+    def run_name(self, now: datetime | None = None) -> str:
+        stamp = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
+        suffix = secrets.token_hex(3)
+        if self.dag_id and self.task_id:
+            return (
+                f"run_{stamp}_{_safe(self.dag_id)}_{_safe(self.task_id)}_try{self.try_number or 1}_{suffix}"
+            )
+        return f"run_{stamp}_{suffix}"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
+
+
+def validate_project_dir(project_dir: str | os.PathLike[str]) -> Path:
+    """Resolve the project dir or say precisely why it cannot be used."""
+    path = Path(project_dir).expanduser()
+    if not path.is_dir():
+        raise DbtProjectException(
+            f"dbt project directory {str(path)!r} does not exist or is not a directory; "
+            "pass dbt_project_dir pointing at the folder that holds dbt_project.yml"
+        )
+    if not (path / "dbt_project.yml").is_file():
+        raise DbtProjectException(
+            f"{str(path)!r} has no dbt_project.yml; pass the dbt project's root folder as dbt_project_dir"
+        )
+    return path.resolve()
+
+
+def project_dir_from_dag_file(dag_file: str | os.PathLike[str], *relative: str) -> Path:
+    """Resolve a dbt project that lives next to the DAG file, wherever git-sync mounted it."""
+    return validate_project_dir(Path(dag_file).resolve().parent.joinpath(*relative))
+
+
+def _read_project_yml(project_dir: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load((project_dir / "dbt_project.yml").read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DbtProjectException(f"dbt_project.yml in {project_dir} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DbtProjectException(f"dbt_project.yml in {project_dir} must be a mapping")
+    return data
+
+
+def _local_package_paths(project_dir: Path) -> list[str]:
+    """Relative ``local:`` package paths, which must resolve from the shadow as from the project."""
+    found: list[str] = []
+    for name in ("packages.yml", "dependencies.yml"):
+        path = project_dir / name
+        if not path.is_file():
+            continue
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue  # dbt itself reports the YAML error with better context
+        for spec in data.get("packages") or []:
+            local = spec.get("local") if isinstance(spec, dict) else None
+            if isinstance(local, str) and not os.path.isabs(os.path.expanduser(local)):
+                found.append(local)
+    return found
+
+
+@dataclass
+class ProjectCache:
+    """Per-project state shared by all runs: published packages, lock file, partial-parse files."""
+
+    root: Path
+
+    @classmethod
+    def for_project(cls, runtime_root: Path, project_dir: Path) -> ProjectCache:
+        digest = hashlib.sha256(str(project_dir).encode()).hexdigest()[:12]
+        return cls(runtime_root / "projects" / f"{_safe(project_dir.name)}-{digest}")
+
+    @property
+    def packages_link(self) -> Path:
+        return self.root / "packages"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_FILE
+
+    def partial_parse_file(self, key: str) -> Path:
+        return self.root / "partial_parse" / f"{key}.msgpack"
+
+    def published_packages(self) -> Path | None:
+        if self.packages_link.is_symlink() or self.packages_link.is_dir():
+            real = self.packages_link.resolve()
+            if real.is_dir():
+                return real
+        return None
+
+    def publish_packages(self, installed: Path, lock_file: Path | None) -> None:
+        """Make a finished ``dbt deps`` result the one later runs see, atomically."""
+        versions = self.root / "packages.d"
+        versions.mkdir(parents=True, exist_ok=True)
+        version = versions / f"{datetime.now():%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
+        shutil.move(str(installed), version)
+        tmp_link = self.root / f".packages.{secrets.token_hex(4)}"
+        tmp_link.symlink_to(version)
+        os.replace(tmp_link, self.packages_link)
+        if lock_file is not None and lock_file.is_file():
+            _atomic_copy(lock_file, self.lock_file)
+        for old in sorted(versions.iterdir())[:-_KEEP_PACKAGE_VERSIONS]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    """Copy so that readers see the old or the new file, never half of one."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class DbtRuntime:
+    """The workspace of one invocation; create with :meth:`create`, finish with :meth:`cleanup`."""
+
+    project_dir: Path
+    run_dir: Path
+    cache: ProjectCache
+    shadow_dir: Path
+    packages_install_path: str
+    keep_target_artifacts: bool = False
+    _seeded_parse_mtime: float | None = field(default=None, repr=False)
+    _parse_key: str = field(default="default", repr=False)
+
+    @property
+    def target_dir(self) -> Path:
+        return self.run_dir / "target"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def packages_dir(self) -> Path:
+        return self.shadow_dir / self.packages_install_path
+
+    @classmethod
+    def create(
+        cls,
+        project_dir: str | os.PathLike[str],
+        *,
+        runtime_root: str | os.PathLike[str] | None = None,
+        identity: RunIdentity | None = None,
+        keep_target_artifacts: bool = False,
+        for_deps: bool = False,
+    ) -> DbtRuntime:
+        project = validate_project_dir(project_dir)
+        root = Path(runtime_root) if runtime_root else default_runtime_root()
+        install_path = str(_read_project_yml(project).get("packages-install-path") or "dbt_packages")
+        cache = ProjectCache.for_project(root, project)
+        run_dir = root / "runs" / (identity or RunIdentity()).run_name()
+        run_dir.mkdir(parents=True)
+        layout = _ShadowLayout(project, install_path, cache)
+        if for_deps:
+            # dbt deps writes the packages dir and lock file: give it a private shadow of its own.
+            shadow = layout.build(run_dir, private_packages=True)
+        else:
+            shadow = layout.shared()
+        runtime = cls(project, run_dir, cache, shadow, install_path, keep_target_artifacts)
+        runtime.target_dir.mkdir()
+        runtime.log_dir.mkdir()
+        return runtime
+
+    def seed_partial_parse(self, key: str) -> bool:
+        """Start from the project's last parse so dbt re-parses only what changed."""
+        self._parse_key = key
+        cached = self.cache.partial_parse_file(key)
+        if not cached.is_file():
+            return False
+        dest = self.target_dir / PARTIAL_PARSE_FILE
+        try:
+            shutil.copyfile(cached, dest)
+        except OSError as exc:
+            log.warning("Could not seed partial parse from %s: %s", cached, exc)
+            return False
+        self._seeded_parse_mtime = dest.stat().st_mtime
+        return True
+
+    def publish_partial_parse(self) -> None:
+        """Share this run's parse result, if dbt wrote a new one."""
+        produced = self.target_dir / PARTIAL_PARSE_FILE
+        if not produced.is_file() or produced.stat().st_mtime == self._seeded_parse_mtime:
+            return
+        try:
+            _atomic_copy(produced, self.cache.partial_parse_file(self._parse_key))
+        except OSError as exc:
+            log.warning("Could not update the partial-parse cache: %s", exc)
+
+    def publish_packages(self) -> None:
+        """After a successful ``dbt deps``: make the installed packages visible to later runs."""
+        if os.path.isabs(self.packages_install_path) or not self.packages_dir.is_dir():
+            return
+        # dbt links local packages with paths through this run's shadow; point them at the real dirs.
+        for entry in self.packages_dir.iterdir():
+            if entry.is_symlink():
+                real = entry.resolve()
+                entry.unlink()
+                entry.symlink_to(real)
+        lock = self.shadow_dir / LOCK_FILE
+        self.cache.publish_packages(self.packages_dir, lock if lock.is_file() else None)
+
+    def cleanup(self) -> None:
+        """Remove what the run wrote; keep target and logs when asked to."""
+        if not self.run_dir.exists():
+            return
+        if self.keep_target_artifacts:
+            for child in self.run_dir.iterdir():
+                if child.name not in {"target", "logs"}:
+                    _remove(child)
+            log.info("Kept dbt artifacts in %s", self.target_dir)
+            return
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class _ShadowLayout:
+    """Builds the directory dbt sees as the project: links to the real entries plus writable parts.
+
+    Runs other than ``dbt deps`` share one shadow per project at a stable path, because dbt stores
+    absolute paths in its partial-parse file: a path that changed per run would defeat the cache.
+    The stable path is a symlink swapped atomically to a new version when the project's entries or
+    the published packages change; dbt never writes into it (targets and logs go to the run dir).
+    """
+
+    def __init__(self, project: Path, install_path: str, cache: ProjectCache) -> None:
+        self.project = project
+        self.install_path = install_path
+        self.cache = cache
+        self.locals = _local_package_paths(project)
+        self.depth = max((_parent_depth(p) for p in self.locals), default=0)
+
+    def _nested(self, base: Path) -> Path:
+        # Nest the shadow so that `../pkg` style local packages resolve below ``base``.
+        return base.joinpath(*(["up"] * self.depth), "project")
+
+    def _packages_source(self, private: bool) -> Path | None:
+        if private:
+            return None
+        published = self.cache.published_packages()
+        own = self.project / self.install_path
+        return published or (own if own.is_dir() else None)
+
+    def _lock_source(self) -> Path | None:
+        for lock in (self.cache.lock_file, self.project / LOCK_FILE):
+            if lock.is_file():
+                return lock
+        return None
+
+    def fingerprint(self) -> str:
+        entries = sorted(e.name for e in self.project.iterdir())
+        lock = self._lock_source()
+        basis = [entries, self.install_path, str(self._packages_source(False)),
+                 hashlib.sha256(lock.read_bytes()).hexdigest() if lock else None]
+        return hashlib.sha256(repr(basis).encode()).hexdigest()[:16]
+
+    def build(self, base: Path, private_packages: bool, into: Path | None = None) -> Path:
+        """Create a shadow at ``into`` (default: nested under ``base``); return its path."""
+        shadow = into or self._nested(base)
+        shadow.mkdir(parents=True)
+        install_root = self.install_path.split("/")[0]
+        for entry in self.project.iterdir():
+            if entry.name in _NOT_LINKED or entry.name == install_root:
+                continue
+            (shadow / entry.name).symlink_to(entry)
+        for local in self.locals:
+            link = Path(os.path.normpath(self._nested(base) / local))
+            if not link.exists() and not link.is_symlink():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to((self.project / local).resolve())
+        lock = self._lock_source()
+        if lock is not None:
+            shutil.copyfile(lock, shadow / LOCK_FILE)
+        if os.path.isabs(self.install_path):
+            return shadow  # the user chose an absolute install path: theirs to keep writable
+        packages = shadow / self.install_path
+        packages.parent.mkdir(parents=True, exist_ok=True)
+        source = self._packages_source(private_packages)
+        if private_packages:
+            packages.mkdir()
+        elif source is not None:
+            packages.symlink_to(source)
+        return shadow
+
+    def shared(self) -> Path:
+        """The project's stable shadow path, (re)built if the project or packages changed."""
+        stable = self._nested(self.cache.root)
+        wanted = self.fingerprint()
+        marker = stable / ".dlh_shadow"
+        with contextlib.suppress(OSError):
+            if marker.read_text() == wanted:
+                return stable
+        versions = self.cache.root / "shadows"
+        versions.mkdir(parents=True, exist_ok=True)
+        version = versions / f"{wanted}-{secrets.token_hex(3)}"
+        self.build(self.cache.root, private_packages=False, into=version)
+        (version / ".dlh_shadow").write_text(wanted)
+        stable.parent.mkdir(parents=True, exist_ok=True)
+        tmp_link = stable.parent / f".project.{secrets.token_hex(4)}"
+        tmp_link.symlink_to(version)
+        os.replace(tmp_link, stable)  # atomic: running dbt processes see the old or the new shadow
+        current = version.name
+        for old in sorted(versions.iterdir(), key=lambda p: p.stat().st_mtime)[:-_KEEP_PACKAGE_VERSIONS]:
+            if old.name != current:
+                shutil.rmtree(old, ignore_errors=True)
+        return stable
+
+
+def _parent_depth(rel: str) -> int:
+    depth = lowest = 0
+    for part in Path(rel).parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        lowest = min(lowest, depth)
+    return -lowest
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)

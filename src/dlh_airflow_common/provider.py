@@ -1,0 +1,22 @@
+"""Airflow provider entry point: lets Airflow discover our connection types and extra links."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dlh_airflow_common import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe this package to Airflow's ProvidersManager."""
+    return {
+        "package-name": "dlh-airflow-common",
+        "name": "dlh dbt Core",
+        "description": "Run dbt Core from Apache Airflow in production.",
+        "versions": [__version__],
+        "hook-class-names": ["dlh_airflow_common.hooks.dbt.DbtHook"],
+        "connection-types": [
+            {"connection-type": "dbt", "hook-class-name": "dlh_airflow_common.hooks.dbt.DbtHook"},
+        ],
+        "extra-links": [],
+    }
