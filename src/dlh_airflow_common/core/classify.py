@@ -28,7 +28,8 @@ _COMPILATION = re.compile(
 _TRANSIENT = re.compile(
     r"connection refused|could not connect|connection reset|connection timed out|timed out"
     r"|timeout expired|server closed the connection unexpectedly|connection (?:was )?lost"
-    r"|terminating connection due to administrator command|the database system is (?:starting up|shutting down)"
+    r"|terminating connection due to administrator command"
+    r"|the database system is (?:starting up|shutting down)"
     r"|too many connections|remaining connection slots|temporar(?:y|ily) unavailable|try again"
     r"|service unavailable|bad gateway|gateway time-?out|\b50[234]\b|broken pipe|ssl syscall error"
     r"|name or service not known|temporary failure in name resolution|failed to connect",

@@ -8,12 +8,12 @@ try:  # Airflow treats AirflowException specially (task failure, not crash); use
     from airflow.sdk.exceptions import AirflowException as _Base
 except ImportError:  # pragma: no cover - exercised only without Airflow installed
     try:
-        from airflow.exceptions import AirflowException as _Base
+        from airflow.exceptions import AirflowException as _Base  # type: ignore[attr-defined]
     except ImportError:
         _Base = Exception  # type: ignore[misc,assignment]
 
 
-class DbtException(_Base):  # type: ignore[misc,valid-type]
+class DbtException(_Base):
     """Base of every dbt failure; carries what an operator needs to triage without digging."""
 
     retryable: bool = False

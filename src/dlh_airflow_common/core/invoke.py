@@ -27,6 +27,7 @@ from dlh_airflow_common.core.exceptions import (
     DbtCancelledException,
     DbtConnectionException,
     DbtException,
+    DbtProfileException,
     DbtRuntimeException,
     DbtTestFailure,
     DbtTimeoutException,
@@ -159,9 +160,8 @@ class DbtInvoker:
         self.artifacts_callback = artifacts_callback
         self.runtime: DbtRuntime | None = None
         if profile.profiles_dir is None and profile.connection is None:
-            from dlh_airflow_common.core.exceptions import DbtProfileException
-
-            raise DbtProfileException("No profile given: pass conn_id (an Airflow connection) or profiles_dir")
+            raise DbtProfileException("No profile given: pass conn_id (an Airflow connection) or "
+                                      "profiles_dir")
 
     # -- public -------------------------------------------------------------------------------
     def invoke(self, command: DbtCommand) -> DbtTaskResult:

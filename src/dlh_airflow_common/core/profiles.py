@@ -22,7 +22,7 @@ import yaml
 
 from dlh_airflow_common.core.exceptions import DbtProfileException
 
-SECRET_PREFIX = "DBT_ENV_SECRET_"
+SECRET_PREFIX = "DBT_ENV_SECRET_"  # noqa: S105 - a prefix dbt scrubs, not a secret
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,8 @@ def render_profile(
         if f.secret:
             var = SECRET_PREFIX + f.key.upper()
             env[var] = str(value)
-            value = "{{ env_var('%s')%s }}" % (var, " | as_native" if f.native else "")
+            native = " | as_native" if f.native else ""
+            value = "{{ env_var('" + var + "')" + native + " }}"
         output[f.key] = value
     if spec.derive is not None:
         spec.derive(output, conn)

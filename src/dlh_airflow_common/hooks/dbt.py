@@ -1,0 +1,193 @@
+"""DbtHook: the Airflow face of the execution core (connections in, classified results out)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from dlh_airflow_common.core.artifacts import load_catalog, load_manifest, load_run_results, load_sources
+from dlh_airflow_common.core.exceptions import DbtProfileException
+from dlh_airflow_common.core.invoke import (
+    ArtifactsCallback,
+    DbtCommand,
+    DbtInvoker,
+    DbtTaskResult,
+    ProfileConfig,
+)
+from dlh_airflow_common.core.profiles import ConnectionInfo
+from dlh_airflow_common.core.runners import InProcessRunner, Runner, SubprocessRunner
+from dlh_airflow_common.core.runtime import RunIdentity
+
+log = logging.getLogger(__name__)
+
+try:
+    from airflow.sdk.exceptions import AirflowNotFoundException
+except ImportError:  # pragma: no cover - older Airflow 3.0 layouts
+    from airflow.exceptions import AirflowNotFoundException  # type: ignore[attr-defined]
+
+
+class DbtHook(BaseHook):
+    """Run dbt Core commands for one project with a profile built from an Airflow connection."""
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "dbt_default"
+    conn_type = "dbt"
+    hook_name = "dbt Core"
+
+    def __init__(
+        self,
+        dbt_project_dir: str | os.PathLike[str],
+        conn_id: str | None = None,
+        profiles_dir: str | None = None,
+        target: str | None = None,
+        profile_name: str | None = None,
+        venv_path: str | None = None,
+        dbt_executable: str | None = None,
+        env_vars: Mapping[str, str] | None = None,
+        target_path: str | None = None,
+        retry_limit: int = 0,
+        retry_delay: float = 1.0,
+        runtime_root: str | None = None,
+        keep_target_artifacts: bool = False,
+        schema_override: str | None = None,
+        identity: RunIdentity | None = None,
+        in_process: bool = False,
+        cancel_grace: float = 30.0,
+        timeout: float | None = None,
+        progress: Callable[[str], None] | None = None,
+        artifacts_callback: ArtifactsCallback | None = None,
+        partial_parse: bool = True,
+    ) -> None:
+        super().__init__()
+        if not conn_id and not profiles_dir:
+            raise DbtProfileException("DbtHook needs conn_id (an Airflow connection) or profiles_dir")
+        self.dbt_project_dir = str(dbt_project_dir)
+        self.conn_id = conn_id
+        self.profiles_dir = profiles_dir
+        self.target = target
+        self.profile_name = profile_name
+        self.venv_path = venv_path
+        self.dbt_executable = dbt_executable
+        self.env_vars = dict(env_vars or {})
+        self.target_path = target_path
+        self.retry_limit = retry_limit
+        self.retry_delay = retry_delay
+        self.runtime_root = runtime_root
+        self.keep_target_artifacts = keep_target_artifacts
+        self.schema_override = schema_override
+        self.identity = identity
+        self.in_process = in_process
+        self.cancel_grace = cancel_grace
+        self.timeout = timeout
+        self.progress = progress
+        self.artifacts_callback = artifacts_callback
+        self.partial_parse = partial_parse
+        self.last_result: DbtTaskResult | None = None
+        self._invoker: DbtInvoker | None = None
+
+    # -- connections ---------------------------------------------------------------------------
+    def get_connection_info(self) -> ConnectionInfo:
+        """The Airflow connection as the core sees it; a missing one says how to create it."""
+        assert self.conn_id
+        try:
+            conn = self.get_connection(self.conn_id)
+        except AirflowNotFoundException:
+            raise DbtProfileException(
+                f"Airflow connection {self.conn_id!r} is not defined; create it (UI, `airflow connections "
+                f"add {self.conn_id} ...` or AIRFLOW_CONN_{self.conn_id.upper()}) or fix conn_id"
+            ) from None
+        return ConnectionInfo(
+            conn_id=self.conn_id,
+            conn_type=conn.conn_type or "",
+            host=conn.host,
+            port=conn.port,
+            login=conn.login,
+            password=conn.password,
+            schema=conn.schema,
+            extra=conn.extra_dejson or {},
+        )
+
+    def _runner(self) -> Runner:
+        if self.in_process:
+            return InProcessRunner()
+        return SubprocessRunner(self.venv_path, self.dbt_executable, cancel_grace=self.cancel_grace)
+
+    # -- running -------------------------------------------------------------------------------
+    def run_dbt_task(
+        self,
+        command: str,
+        select: Sequence[str] | str | None = None,
+        exclude: Sequence[str] | str | None = None,
+        selector: str | None = None,
+        vars: Mapping[str, Any] | str | None = None,
+        full_refresh: bool = False,
+        extra_args: Sequence[str] = (),
+    ) -> DbtTaskResult:
+        """Run one dbt command; raises a classified DbtException when it fails."""
+        connection = self.get_connection_info() if self.conn_id else None
+        profile = ProfileConfig(
+            connection=connection,
+            profiles_dir=None if connection else self.profiles_dir,
+            profile_name=self.profile_name,
+            target_name=self.target,
+            schema_override=self.schema_override,
+        )
+        self._invoker = DbtInvoker(
+            self.dbt_project_dir,
+            profile,
+            runner=self._runner(),
+            runtime_root=self.runtime_root,
+            identity=self.identity,
+            keep_target_artifacts=self.keep_target_artifacts,
+            target_path=self.target_path,
+            retry_limit=self.retry_limit,
+            retry_delay=self.retry_delay,
+            env_vars=self.env_vars,
+            timeout=self.timeout,
+            progress=self.progress,
+            partial_parse=self.partial_parse,
+            artifacts_callback=self.artifacts_callback,
+        )
+        try:
+            self.last_result = self._invoker.invoke(
+                DbtCommand(command, select, exclude, selector, vars, full_refresh, tuple(extra_args))
+            )
+            return self.last_result
+        finally:
+            self._invoker = None
+
+    def cancel(self) -> None:
+        """Cancel the running command, if any (SIGINT to dbt, grace period, SIGKILL)."""
+        if self._invoker is not None:
+            self._invoker.cancel()
+
+    # -- artifacts of the last run -------------------------------------------------------------
+    def _target_dir(self) -> Path | None:
+        if self.last_result is not None and self.last_result.target_dir is not None:
+            return self.last_result.target_dir
+        if self.target_path:
+            return Path(self.target_path)
+        log.warning("No dbt artifacts to read: the last run's target dir was removed; "
+                    "set keep_target_artifacts=True or target_path to keep them")
+        return None
+
+    def get_manifest(self) -> dict[str, Any]:
+        target = self._target_dir()
+        return load_manifest(target) if target else {}
+
+    def get_run_results(self) -> dict[str, Any]:
+        target = self._target_dir()
+        return load_run_results(target) if target else {}
+
+    def get_sources(self) -> dict[str, Any]:
+        target = self._target_dir()
+        return load_sources(target) if target else {}
+
+    def get_catalog(self) -> dict[str, Any]:
+        target = self._target_dir()
+        return load_catalog(target) if target else {}
