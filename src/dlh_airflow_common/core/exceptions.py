@@ -26,8 +26,10 @@ class DbtException(_Base):
         return_code: int | None = None,
         failed_nodes: list[dict[str, Any]] | None = None,
         output_tail: str = "",
+        summary: Any = None,
     ) -> None:
         self.message = message
+        self.summary = summary  # the RunSummary of what did run, when dbt got that far
         self.command = command
         self.return_code = return_code
         self.failed_nodes = failed_nodes or []

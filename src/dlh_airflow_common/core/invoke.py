@@ -308,7 +308,7 @@ class DbtInvoker:
         failed = [{**f, "message": redact(f["message"], secrets)} for f in summary.failures]
         tail = collector.output_tail()
         details: dict[str, Any] = {"command": shown, "return_code": outcome.return_code,
-                                   "failed_nodes": failed, "output_tail": tail}
+                                   "failed_nodes": failed, "output_tail": tail, "summary": summary}
         if outcome.cancelled:
             done = summary.counts.get("success", 0) + summary.counts.get("pass", 0)
             cls = DbtTimeoutException if outcome.timed_out else DbtCancelledException

@@ -109,6 +109,12 @@ class SubprocessRunner:
     def describe(self, args: Sequence[str]) -> str:
         return " ".join(["dbt", *args])
 
+    @property
+    def pid(self) -> int | None:
+        """The running dbt process (leader of its process group), if any."""
+        with self._lock:
+            return self._proc.pid if self._proc is not None else None
+
     def _environment(self, extra: Mapping[str, str]) -> dict[str, str]:
         env = dict(os.environ) if self.inherit_env else {"PATH": os.environ.get("PATH", "")}
         # Never pass on secrets that belong to some other profile.

@@ -1,0 +1,72 @@
+"""Test environment: Airflow home and DAGs folder are set before anything imports Airflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_SCRATCH = Path(tempfile.mkdtemp(prefix="dlh-tests-"))
+os.environ["AIRFLOW_HOME"] = str(_SCRATCH / "airflow")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "tests" / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ["DLH_DBT_RUNTIME_ROOT"] = str(_SCRATCH / "dbt-runtime")
+
+import pytest  # noqa: E402
+
+from dlh_airflow_common.core import ConnectionInfo  # noqa: E402
+from tests.pgserver import PgServer  # noqa: E402
+
+EXAMPLES = REPO / "examples"
+CANARY = "Canary-Pw-5f1e9c2d7b"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _scratch() -> Iterator[Path]:
+    yield _SCRATCH
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
+
+
+@pytest.fixture
+def demo_project(tmp_path: Path) -> Path:
+    """A private copy of the demo project with its sibling local package."""
+    for name in ("demo_project", "demo_pkg"):
+        shutil.copytree(EXAMPLES / name, tmp_path / name)
+    return tmp_path / "demo_project"
+
+
+@pytest.fixture
+def runtime_root(tmp_path: Path) -> Path:
+    root = tmp_path / "runtime"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def duck(tmp_path: Path) -> ConnectionInfo:
+    return ConnectionInfo("duck", "duckdb", host=str(tmp_path / "warehouse.duckdb"), extra={"threads": 4})
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    server = PgServer().init().start()
+    server.execute(f"create role dbt_user login password '{CANARY}'")
+    server.execute("create database warehouse owner dbt_user")
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_conn(pg: PgServer, request: pytest.FixtureRequest) -> ConnectionInfo:
+    """A connection to the warehouse with the canary password, one schema per test."""
+    schema = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    return ConnectionInfo("pg_wh", "postgres", host="127.0.0.1", port=pg.port, login="dbt_user",
+                          password=CANARY, schema="warehouse", extra={"schema": schema, "threads": 4})
+
+
+def add_model(project: Path, name: str, sql: str, folder: str = "marts") -> None:
+    (project / "models" / folder / f"{name}.sql").write_text(sql)
