@@ -256,6 +256,11 @@ class DbtInvoker:
         return str(_read_project_yml(self.project_dir).get("profile") or "default")
 
     def _parse_key(self, command: DbtCommand, profile: str | None, target: str | None) -> str:
+        """One cache entry per profile/target/vars, so different targets never evict each other.
+
+        dbt itself still checks the saved parse (connection fields, project files) and re-parses
+        whatever changed, so a key that is too coarse costs time, never correctness.
+        """
         basis = json.dumps([profile, target, command.vars_text(), self.profile.schema_override])
         return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
