@@ -15,6 +15,30 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "tests" / "dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["DLH_DBT_RUNTIME_ROOT"] = str(_SCRATCH / "dbt-runtime")
+os.environ["DLH_DBT_SHARED_RUNTIME_ROOT"] = "true"  # one host: the triggerer sees the runtime root
+os.environ["AIRFLOW__CORE__EXECUTOR"] = "LocalExecutor"
+
+
+def _ops_project() -> Path:
+    """The project the DAGs in tests/dags run: the demo plus test-only models behind vars."""
+    root = _SCRATCH / "ops"
+    for name in ("demo_project", "demo_pkg"):
+        shutil.copytree(REPO / "examples" / name, root / name)
+    models = root / "demo_project" / "models" / "test_only"
+    models.mkdir()
+    (models / "boom.sql").write_text(
+        "{{ config(enabled=var('boom', false)) }}\nselect * from table_that_does_not_exist\n")
+    # Fails until the file named by DLH_FLAKY_CSV exists (the retry callback creates it).
+    (models / "flaky.sql").write_text(
+        "{{ config(enabled=var('flaky', false)) }}\n"
+        "select c.customer_id, f.x from {{ ref('stg_customers') }} c\n"
+        "cross join read_csv('{{ env_var(\"DLH_FLAKY_CSV\", \"/nonexistent.csv\") }}') f\n")
+    (models / "flaky_child.sql").write_text(
+        "{{ config(enabled=var('flaky', false)) }}\nselect count(*) as n from {{ ref('flaky') }}\n")
+    return root / "demo_project"
+
+
+os.environ["DLH_TEST_PROJECT_DIR"] = str(_ops_project())
 
 import pytest  # noqa: E402
 
@@ -29,6 +53,25 @@ CANARY = "Canary-Pw-5f1e9c2d7b"
 def _scratch() -> Iterator[Path]:
     yield _SCRATCH
     shutil.rmtree(_SCRATCH, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A fresh metadata DB once per session; dag.test() runs many times against it."""
+    from airflow.utils import db
+
+    db.resetdb()
+
+
+@pytest.fixture(scope="session")
+def ops_project(airflow_db: None) -> Path:
+    """The DAG tests' project with its packages installed once."""
+    from dlh_airflow_common.core import DbtCommand, DbtInvoker, ProfileConfig
+
+    project = Path(os.environ["DLH_TEST_PROJECT_DIR"])
+    conn = ConnectionInfo("deps", "duckdb", host=str(_SCRATCH / "deps.duckdb"))
+    DbtInvoker(project, ProfileConfig(connection=conn)).invoke(DbtCommand("deps"))
+    return project
 
 
 @pytest.fixture

@@ -18,5 +18,16 @@ def get_provider_info() -> dict[str, Any]:
         "connection-types": [
             {"connection-type": "dbt", "hook-class-name": "dlh_airflow_common.hooks.dbt.DbtHook"},
         ],
-        "extra-links": [],
+        "extra-links": [
+            "dlh_airflow_common.links.DbtDocsLink",
+            "dlh_airflow_common.links.DbtArtifactsLink",
+        ],
+        "triggers": [
+            {"integration-name": "dbt Core", "python-modules": ["dlh_airflow_common.triggers.dbt"]},
+        ],
+        "operators": [
+            {"integration-name": "dbt Core", "python-modules": ["dlh_airflow_common.operators.dbt"]},
+        ],
+        "hooks": [{"integration-name": "dbt Core", "python-modules": ["dlh_airflow_common.hooks.dbt"]}],
+        "integrations": [{"integration-name": "dbt Core", "external-doc-url": "https://docs.getdbt.com/"}],
     }

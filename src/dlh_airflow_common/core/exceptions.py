@@ -36,6 +36,14 @@ class DbtException(_Base):
         self.output_tail = output_tail
         super().__init__(self._render())
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form, so a failure seen in another process is re-raised as the same class."""
+        summary = self.summary.to_dict() if hasattr(self.summary, "to_dict") else self.summary
+        return {"type": type(self).__name__, "message": self.message, "command": self.command,
+                "return_code": self.return_code, "failed_nodes": self.failed_nodes,
+                "output_tail": self.output_tail, "summary": summary,
+                "conn_id": getattr(self, "conn_id", None)}
+
     def _render(self) -> str:
         parts = [self.message]
         if self.command:
@@ -86,3 +94,27 @@ class DbtCancelledException(DbtException):
 
 class DbtTimeoutException(DbtCancelledException):
     """The run exceeded its time limit and was cancelled."""
+
+
+def exception_from_dict(data: dict[str, Any]) -> DbtException:
+    """Rebuild an exception serialised by :meth:`DbtException.to_dict`."""
+    from dlh_airflow_common.core.artifacts import RunSummary
+
+    classes = {cls.__name__: cls for cls in _all_subclasses(DbtException)}
+    cls = classes.get(str(data.get("type")), DbtException)
+    summary = RunSummary(**data["summary"]) if isinstance(data.get("summary"), dict) else None
+    kwargs: dict[str, Any] = {
+        "command": data.get("command"), "return_code": data.get("return_code"),
+        "failed_nodes": data.get("failed_nodes"), "output_tail": data.get("output_tail") or "",
+        "summary": summary,
+    }
+    if issubclass(cls, DbtConnectionException):
+        return cls(str(data.get("message")), conn_id=data.get("conn_id"), **kwargs)
+    return cls(str(data.get("message")), **kwargs)
+
+
+def _all_subclasses(cls: type[DbtException]) -> list[type[DbtException]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _all_subclasses(sub)
+    return found

@@ -36,8 +36,10 @@ from dlh_airflow_common.core.profiles import (
     SECRET_PREFIX,
     ConnectionInfo,
     ProfilesDir,
+    RenderedProfile,
     check_user_profiles_dir,
     render_profile,
+    user_profile_with_schema,
 )
 from dlh_airflow_common.core.runners import DbtCall, Runner, RunnerResult, SubprocessRunner
 from dlh_airflow_common.core.runtime import DbtRuntime, RunIdentity, _read_project_yml, validate_project_dir
@@ -87,6 +89,7 @@ class ProfileConfig:
     """Where dbt's profile comes from: an Airflow connection (rendered) or the user's profiles dir."""
 
     connection: ConnectionInfo | None = None
+    rendered: RenderedProfile | None = None  # already built elsewhere (a detached run gets this)
     profiles_dir: str | None = None
     profile_name: str | None = None
     target_name: str | None = None
@@ -159,15 +162,15 @@ class DbtInvoker:
         self.partial_parse = partial_parse
         self.artifacts_callback = artifacts_callback
         self.runtime: DbtRuntime | None = None
-        if profile.profiles_dir is None and profile.connection is None:
+        if profile.profiles_dir is None and profile.connection is None and profile.rendered is None:
             raise DbtProfileException("No profile given: pass conn_id (an Airflow connection) or "
                                       "profiles_dir")
 
     # -- public -------------------------------------------------------------------------------
     def invoke(self, command: DbtCommand) -> DbtTaskResult:
         """Run ``command``; raise a classified :class:`DbtException` unless it succeeded."""
-        rendered = None
-        if self.profile.connection is not None:
+        rendered = self.profile.rendered
+        if rendered is None and self.profile.connection is not None:
             rendered = render_profile(
                 self.profile.connection,
                 profile_name=self.profile.profile_name or self._project_profile_name(),
@@ -176,6 +179,12 @@ class DbtInvoker:
             )
         user_profiles = (check_user_profiles_dir(self.profile.profiles_dir)
                          if rendered is None and self.profile.profiles_dir else None)
+        if user_profiles is not None and self.profile.schema_override:
+            # Route models to another schema without touching the user's file: a private copy.
+            rendered = user_profile_with_schema(user_profiles, self.profile.profile_name
+                                                or self._project_profile_name(),
+                                                self.profile.target_name, self.profile.schema_override)
+            user_profiles = None
         secret_env = dict(rendered.env) if rendered else {}
         secret_env.update({k: v for k, v in self.env_vars.items() if k.startswith(SECRET_PREFIX)})
         secrets = list(secret_env.values())
@@ -252,6 +261,10 @@ class DbtInvoker:
         self.runner.cancel()
 
     # -- internals ----------------------------------------------------------------------------
+    def _say(self, line: str) -> None:
+        """Lines for the person reading the task log: to the caller's sink, else this module's log."""
+        (self.progress or log.info)(line)
+
     def _project_profile_name(self) -> str:
         return str(_read_project_yml(self.project_dir).get("profile") or "default")
 
@@ -282,8 +295,8 @@ class DbtInvoker:
         exc = state.outcome.exception() if state.outcome else None
         reason = (getattr(exc, "message", None) or str(exc)).splitlines()[0] if exc else "unknown"
         wait = state.next_action.sleep if state.next_action else 0
-        log.warning("Transient dbt failure (attempt %d of %d): %s; retrying in %.1fs",
-                    state.attempt_number, self.retry_limit + 1, reason, wait)
+        self._say(f"Transient dbt failure (attempt {state.attempt_number} of {self.retry_limit + 1}): "
+                  f"{reason}; retrying in {wait:.1f}s")
 
     def _attempt(self, call: DbtCall, shown: str, command: DbtCommand, target_dir: Path,
                  secrets: list[str], attempt: int) -> DbtTaskResult:
@@ -291,13 +304,13 @@ class DbtInvoker:
             with contextlib.suppress(FileNotFoundError):
                 (target_dir / name).unlink()
         collector = EventCollector(progress=self.progress, secrets=secrets)
-        log.info("Running %s (attempt %d)", shown, attempt)
+        self._say(f"Running {shown} (attempt {attempt})")
         outcome: RunnerResult = self.runner.run(call, collector.feed, collector.feed_text, self.timeout)
         run_results = load_run_results(target_dir) if (target_dir / "run_results.json").exists() else {}
         sources = load_sources(target_dir) if (target_dir / "sources.json").exists() else {}
         summary = summarize(sources if command.words[:2] == ["source", "freshness"] else run_results)
         for line in summary.lines():
-            log.info(redact(line, secrets))
+            self._say(redact(line, secrets))
         result = DbtTaskResult(
             success=outcome.return_code == 0 and not outcome.cancelled,
             return_code=outcome.return_code,

@@ -313,3 +313,32 @@ def check_user_profiles_dir(profiles_dir: str | os.PathLike[str]) -> Path:
             "profiles.yml, or pass conn_id to build the profile from an Airflow connection"
         )
     return path.resolve()
+
+
+def user_profile_with_schema(profiles_dir: Path, profile_name: str, target_name: str | None,
+                             schema: str) -> RenderedProfile:
+    """The user's profile (Jinja left unrendered) with the target's schema replaced.
+
+    Secrets stay whatever the user's file made them (env_var() calls are kept as text); the copy is
+    written like ours: 0600 in a 0700 dir, removed after the run.
+    """
+    try:
+        document = yaml.safe_load((profiles_dir / "profiles.yml").read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DbtProfileException(f"{profiles_dir / 'profiles.yml'} is not valid YAML: {exc}") from exc
+    profile = document.get(profile_name)
+    if not isinstance(profile, dict) or not isinstance(profile.get("outputs"), dict):
+        raise DbtProfileException(
+            f"profiles.yml in {profiles_dir} has no profile {profile_name!r} with outputs; "
+            "fix profile_name or the file"
+        )
+    target = target_name or str(profile.get("target") or "")
+    output = profile["outputs"].get(target)
+    if not isinstance(output, dict):
+        raise DbtProfileException(
+            f"profile {profile_name!r} has no target {target!r} (has: {', '.join(profile['outputs'])}); "
+            "fix target"
+        )
+    spec = ADAPTERS.get(str(output.get("type")))
+    output[spec.schema_key if spec else "schema"] = schema
+    return RenderedProfile(profile_name, target, {profile_name: {**profile, "target": target}}, {})

@@ -116,9 +116,8 @@ class SubprocessRunner:
             return self._proc.pid if self._proc is not None else None
 
     def _environment(self, extra: Mapping[str, str]) -> dict[str, str]:
+        # Inherit by default: a user's own profiles.yml may read DBT_ENV_SECRET_* from the worker.
         env = dict(os.environ) if self.inherit_env else {"PATH": os.environ.get("PATH", "")}
-        # Never pass on secrets that belong to some other profile.
-        env = {k: v for k, v in env.items() if not k.startswith("DBT_ENV_SECRET_")}
         env.update(BASE_ENV)
         env.update(extra)
         return env

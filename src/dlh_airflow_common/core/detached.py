@@ -1,0 +1,206 @@
+"""A dbt run that outlives the process that started it (deferrable tasks).
+
+``launch()`` starts ``python -m dlh_airflow_common.core.detached <spec>`` in its own session, so the
+worker's task process may exit (defer) while dbt keeps running on that host. The supervisor writes
+everything a watcher needs into a *control dir* under the runtime root:
+
+    deferred/<run name>/
+        spec.json       what to run (no secrets: those travel in the supervisor's environment)
+        status.json     state, host, pid, heartbeat, and at the end the result or the error
+        progress.log    the progress lines and summary, for the trigger to relay to the task log
+        cancel          created by a watcher to ask for cancellation (SIGINT, grace, SIGKILL)
+        artifacts/      the run's manifest/run_results/sources/catalog, kept for the resuming task
+
+A watcher on another host sees all of it only when the runtime root is a shared volume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dlh_airflow_common.core.artifacts import ARTIFACTS
+from dlh_airflow_common.core.exceptions import DbtException
+from dlh_airflow_common.core.invoke import DbtCommand, DbtInvoker, DbtTaskResult, ProfileConfig
+from dlh_airflow_common.core.profiles import SECRET_PREFIX, RenderedProfile
+from dlh_airflow_common.core.runners import SubprocessRunner
+from dlh_airflow_common.core.runtime import RunIdentity
+
+TERMINAL = {"success", "failed", "cancelled"}
+HEARTBEAT_SECONDS = 5.0
+_STATUS_LOCK = threading.Lock()
+
+
+@dataclass
+class ControlDir:
+    """Paths of one detached run's control files."""
+
+    path: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.path / "spec.json"
+
+    @property
+    def status(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def progress(self) -> Path:
+        return self.path / "progress.log"
+
+    @property
+    def cancel_flag(self) -> Path:
+        return self.path / "cancel"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.path / "artifacts"
+
+    def read_status(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.status.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_status(self, **fields: Any) -> None:
+        with _STATUS_LOCK:  # the heartbeat thread must never write back a stale state
+            current = self.read_status() or {}
+            if current.get("state") in TERMINAL and "state" not in fields:
+                return
+            current.update(fields)
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".status.")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(current, fh)
+            os.replace(tmp, self.status)  # watchers never see a half-written status
+
+    def request_cancel(self) -> None:
+        self.cancel_flag.touch()
+
+
+@dataclass
+class DetachedSpec:
+    """Everything the supervisor needs, all JSON-safe and free of secret values."""
+
+    project_dir: str
+    runtime_root: str | None
+    command: dict[str, Any]
+    identity: dict[str, Any]
+    profile_name: str | None = None
+    target_name: str | None = None
+    profile_document: dict[str, Any] | None = None
+    profiles_dir: str | None = None
+    schema_override: str | None = None
+    keep_target_artifacts: bool = False
+    retry_limit: int = 0
+    retry_delay: float = 1.0
+    env_vars: dict[str, str] | None = None
+    venv_path: str | None = None
+    dbt_executable: str | None = None
+    cancel_grace: float = 30.0
+    partial_parse: bool = True
+
+
+def launch(spec: DetachedSpec, control_root: Path, secret_env: Mapping[str, str]) -> ControlDir:
+    """Start the supervisor in a new session and return its control dir (0700)."""
+    control_root.mkdir(parents=True, exist_ok=True)
+    ctl = ControlDir(Path(tempfile.mkdtemp(prefix="run_", dir=control_root)))
+    fd = os.open(ctl.spec, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(asdict(spec), fh)
+    ctl.write_status(state="starting", host=socket.gethostname(), heartbeat=time.time())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
+    env.update(secret_env)
+    log_fh = ctl.progress.open("ab")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dlh_airflow_common.core.detached", str(ctl.path)],
+            env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+    finally:
+        log_fh.close()
+    ctl.write_status(pid=proc.pid)
+    return ctl
+
+
+def _supervise(ctl: ControlDir) -> int:
+    spec = DetachedSpec(**json.loads(ctl.spec.read_text()))
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
+    for noisy in ("airflow", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    secret_env = {k: v for k, v in os.environ.items() if k.startswith(SECRET_PREFIX)}
+    rendered = None
+    if spec.profile_document is not None:
+        rendered = RenderedProfile(spec.profile_name or "default", spec.target_name or "airflow",
+                                   spec.profile_document, secret_env)
+    profile = ProfileConfig(rendered=rendered, profiles_dir=spec.profiles_dir,
+                            profile_name=spec.profile_name, target_name=spec.target_name,
+                            schema_override=spec.schema_override)
+
+    def keep_artifacts(target: Path, _result: DbtTaskResult | None) -> None:
+        copy_artifacts(target, ctl.artifacts)
+
+    invoker = DbtInvoker(
+        spec.project_dir, profile,
+        runner=SubprocessRunner(spec.venv_path, spec.dbt_executable, cancel_grace=spec.cancel_grace),
+        runtime_root=spec.runtime_root, identity=RunIdentity(**spec.identity),
+        keep_target_artifacts=spec.keep_target_artifacts, retry_limit=spec.retry_limit,
+        retry_delay=spec.retry_delay, env_vars=spec.env_vars, partial_parse=spec.partial_parse,
+        progress=lambda line: print(line, flush=True), artifacts_callback=keep_artifacts,
+    )
+    stop = threading.Event()
+
+    def watch() -> None:
+        """Heartbeat for the watcher, and honour a cancel request written by it."""
+        beat = 0.0
+        while not stop.wait(0.5):
+            if time.monotonic() - beat >= HEARTBEAT_SECONDS:
+                ctl.write_status(heartbeat=time.time())
+                beat = time.monotonic()
+            if ctl.cancel_flag.exists():
+                print("Cancellation requested by the watcher", flush=True)
+                invoker.cancel()
+                return
+
+    ctl.write_status(state="running", pid=os.getpid(), heartbeat=time.time())
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        result = invoker.invoke(DbtCommand(**spec.command))
+        ctl.write_status(state="success", result=result.to_dict(), finished=time.time())
+        return 0
+    except DbtException as exc:
+        state = "cancelled" if ctl.cancel_flag.exists() else "failed"
+        ctl.write_status(state=state, error=exc.to_dict(), finished=time.time())
+        return 1
+    except Exception as exc:  # anything else still has to reach the watcher
+        ctl.write_status(state="failed", error=DbtException(f"dbt supervisor crashed: {exc!r}").to_dict(),
+                         finished=time.time())
+        return 1
+    finally:
+        stop.set()
+
+
+def copy_artifacts(target: Path, dest: Path) -> None:
+    """Copy the run's artifacts out of a target dir that is about to be removed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ARTIFACTS:
+        if (target / name).is_file():
+            shutil.copyfile(target / name, dest / name)
+
+
+if __name__ == "__main__":
+    sys.exit(_supervise(ControlDir(Path(sys.argv[1]))))

@@ -1,0 +1,143 @@
+"""DbtExecutionTrigger: watches one detached dbt run through its control dir, from the triggerer.
+
+It reads only that run's own status file (never a shared target dir), relays progress lines to the
+task log, enforces the task's timeout by asking the run to cancel, and cancels the run when a user
+kills the deferred task. It needs the runtime root to be visible from the triggerer (a shared volume,
+or one host); when it is not, it says so instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from dlh_airflow_common.core.detached import TERMINAL, ControlDir
+
+
+class DbtExecutionTrigger(BaseTrigger):
+    """Fires one event when the detached dbt run ends, times out, or can no longer be seen."""
+
+    def __init__(
+        self,
+        control_dir: str,
+        check_interval: float = 10.0,
+        timeout_at: float | None = None,
+        cancel_grace: float = 30.0,
+        heartbeat_timeout: float = 120.0,
+        visibility_timeout: float = 60.0,
+    ) -> None:
+        super().__init__()
+        self.control_dir = control_dir
+        self.check_interval = check_interval
+        self.timeout_at = timeout_at
+        self.cancel_grace = cancel_grace
+        self.heartbeat_timeout = heartbeat_timeout
+        self.visibility_timeout = visibility_timeout
+        self._progress_offset = 0
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "dlh_airflow_common.triggers.dbt.DbtExecutionTrigger",
+            {
+                "control_dir": self.control_dir,
+                "check_interval": self.check_interval,
+                "timeout_at": self.timeout_at,
+                "cancel_grace": self.cancel_grace,
+                "heartbeat_timeout": self.heartbeat_timeout,
+                "visibility_timeout": self.visibility_timeout,
+            },
+        )
+
+    @property
+    def _ctl(self) -> ControlDir:
+        return ControlDir(Path(self.control_dir))
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        started = time.monotonic()
+        ctl = self._ctl
+        while True:
+            status = await asyncio.to_thread(ctl.read_status)
+            await self._relay_progress()
+            if status is None:
+                if time.monotonic() - started > self.visibility_timeout:
+                    yield TriggerEvent({
+                        "status": "error", "control_dir": self.control_dir,
+                        "message": (
+                            f"The triggerer cannot see {ctl.status}. Deferrable dbt needs the runtime "
+                            "root on a volume shared by workers and triggerers (or one host); mount it "
+                            "there or use deferrable=False."
+                        ),
+                    })
+                    return
+            elif status.get("state") in TERMINAL:
+                yield self._event(status)
+                return
+            elif time.time() - float(status.get("heartbeat") or 0) > self.heartbeat_timeout:
+                yield TriggerEvent({
+                    "status": "error", "control_dir": self.control_dir,
+                    "message": (
+                        f"The dbt run on host {status.get('host')} (pid {status.get('pid')}) stopped "
+                        f"reporting for over {self.heartbeat_timeout:.0f}s: its worker was probably lost "
+                        "(a deleted pod, a restarted machine)."
+                    ),
+                })
+                return
+            if self.timeout_at is not None and time.time() > self.timeout_at:
+                yield await self._timed_out()
+                return
+            await asyncio.sleep(self.check_interval)
+
+    async def _relay_progress(self) -> None:
+        def read() -> list[str]:
+            try:
+                with self._ctl.progress.open("rb") as fh:
+                    fh.seek(self._progress_offset)
+                    data = fh.read()
+            except OSError:
+                return []
+            end = data.rfind(b"\n") + 1  # only whole lines
+            self._progress_offset += end
+            return data[:end].decode(errors="replace").splitlines()
+
+        for line in await asyncio.to_thread(read):
+            if line.strip():
+                self.log.info("%s", line)
+
+    def _event(self, status: dict[str, Any], state: str | None = None) -> TriggerEvent:
+        return TriggerEvent({
+            "status": state or status.get("state"),
+            "control_dir": self.control_dir,
+            "result": status.get("result"),
+            "error": status.get("error"),
+            "host": status.get("host"),
+        })
+
+    async def _cancel_and_wait(self) -> dict[str, Any] | None:
+        ctl = self._ctl
+        await asyncio.to_thread(ctl.request_cancel)
+        deadline = time.monotonic() + self.cancel_grace + 15
+        while time.monotonic() < deadline:
+            status = await asyncio.to_thread(ctl.read_status)
+            await self._relay_progress()
+            if status and status.get("state") in TERMINAL:
+                return status
+            await asyncio.sleep(0.5)
+        return await asyncio.to_thread(ctl.read_status)
+
+    async def _timed_out(self) -> TriggerEvent:
+        self.log.warning("dbt run exceeded its timeout; asking it to cancel")
+        status = await self._cancel_and_wait() or {}
+        return self._event(status, state="timeout")
+
+    async def on_kill(self) -> None:
+        """The user killed the deferred task: stop dbt too, wherever it runs."""
+        self.log.warning("Deferred dbt task killed; cancelling the dbt run")
+        await self._cancel_and_wait()
+        # Nobody resumes a killed task: remove its control dir here (the run removed its own dirs).
+        await asyncio.to_thread(shutil.rmtree, self.control_dir, True)

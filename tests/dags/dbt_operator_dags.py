@@ -1,0 +1,45 @@
+"""Airflow DAGs that exercise DbtOperator in the test suite (run with dag.test())."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG
+
+from dlh_airflow_common.operators.dbt import DbtOperator
+
+PROJECT = os.environ.get("DLH_TEST_PROJECT_DIR", "/nonexistent")
+FLAKY_CSV = str(Path(PROJECT).parent / "flaky.csv")
+UPLOADS = str(Path(PROJECT).parent / "uploads")
+
+
+def _make_flaky_pass(context: Any) -> None:
+    """on_retry_callback: the cause of the failure goes away before the retry."""
+    Path(FLAKY_CSV).write_text("x\n1\n")
+
+
+def _dag(dag_id: str, **op_kwargs: Any) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+             tags=["dbt-tests"]) as dag:
+        op_kwargs.setdefault("keep_target_artifacts", True)
+        DbtOperator(task_id="dbt", dbt_project_dir=PROJECT, check_interval=0.5, **op_kwargs)
+    return dag
+
+
+for mode, deferrable in (("sync", False), ("deferred", True)):
+    for warehouse in ("duck", "pg"):
+        _dag(f"{warehouse}_{mode}_build", command="build", conn_id=f"{warehouse}_ops", deferrable=deferrable,
+             upload_artifacts=True, artifacts_destination=f"file://{UPLOADS}",
+             dbt_docs_url="https://docs.example.com/dbt", artifacts_url="https://artifacts.example.com/dbt")
+    _dag(f"duck_{mode}_failing_model", command="build", conn_id="duck_ops", deferrable=deferrable,
+         select=["boom", "+stg_customers"], vars={"boom": True})
+    _dag(f"pg_{mode}_timeout", command="run", conn_id="pg_ops", deferrable=deferrable,
+         select="+slow_model", vars={"slow_seconds": 120}, timeout=8, cancel_grace=10,
+         keep_target_artifacts=False)
+    _dag(f"duck_{mode}_retry_resume", command="build", conn_id="duck_ops", deferrable=deferrable,
+         select="+flaky_child", exclude="test_type:data", vars={"flaky": True},
+         env_vars={"DLH_FLAKY_CSV": FLAKY_CSV}, retries=1, retry_delay=timedelta(seconds=0),
+         on_retry_callback=_make_flaky_pass)

@@ -1,0 +1,245 @@
+"""DbtOperator through real Airflow (dag.test()): sync and deferrable, DuckDB and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from dlh_airflow_common.core.exceptions import DbtCancelledException
+from dlh_airflow_common.operators.dbt import DbtOperator
+from tests.conftest import _SCRATCH, CANARY, REPO
+from tests.pgserver import PgServer
+
+DAG_FILE = REPO / "tests" / "dags" / "dbt_operator_dags.py"
+RUNTIME = Path(os.environ["DLH_DBT_RUNTIME_ROOT"])
+
+
+@pytest.fixture(scope="module")
+def dags(ops_project: Path, pg: PgServer) -> Any:
+    """The DagBag of tests/dags, with the DAGs' connections defined as environment variables."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    os.environ["AIRFLOW_CONN_DUCK_OPS"] = json.dumps(
+        {"conn_type": "duckdb", "host": str(_SCRATCH / "ops.duckdb"), "extra": {"threads": 4}})
+    os.environ["AIRFLOW_CONN_PG_OPS"] = json.dumps(
+        {"conn_type": "postgres", "host": "127.0.0.1", "port": pg.port, "login": "dbt_user",
+         "password": CANARY, "schema": "warehouse", "extra": {"schema": "ops"}})
+    bag = DagBag(str(DAG_FILE.parent))
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
+def _run(dags: Any, dag_id: str) -> Any:
+    return dags.get_dag(dag_id).test()
+
+
+def _ti(dr: Any) -> Any:
+    return dr.get_task_instance("dbt")
+
+
+def _xcom(dr: Any, key: str = "return_value") -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter_by(dag_id=dr.dag_id, run_id=dr.run_id, task_id="dbt",
+                                                 key=key).order_by(XComModel.timestamp.desc()).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def _dbt_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if ("dlh_airflow_common.core.detached" in ln or "bin/dbt " in ln)
+            and "ps -eo" not in ln]
+
+
+@pytest.mark.parametrize("mode", ["sync", "deferred"])
+@pytest.mark.parametrize("warehouse", ["duck", "pg"])
+def test_build_success(dags: Any, mode: str, warehouse: str,
+                       capfd: pytest.CaptureFixture[str]) -> None:
+    with capture_logs() as task_log:
+        dr = _run(dags, f"{warehouse}_{mode}_build")
+    out = capfd.readouterr()
+    assert dr.state == "success", out.out[-4000:]
+    result = _xcom(dr)
+    assert result["success"] and result["summary"]["counts"] == {"success": 5, "pass": 4, "warn": 1}
+    assert [w["unique_id"].split(".")[2] for w in result["summary"]["warnings"]] == [
+        "accepted_values_stg_orders_status__completed__shipped__placed"]
+    assert "manifest" not in json.dumps(result)  # compact XCom, not the artifacts
+    # live progress and the summary reach the task log
+    log = "\n".join(str(e.get("event")) for e in task_log)
+    assert "OK model.demo.customer_orders" in log and "dbt summary: 10 nodes" in log, log
+    assert CANARY not in log + out.out + out.err
+    # the run's own artifacts were kept (keep_target_artifacts) and hold exactly this run
+    target = Path(result["target_dir"])
+    assert len(json.loads((target / "run_results.json").read_text())["results"]) == 10
+    # uploads: the four artifacts, compressed, under <dest>/<dag>/<task>/<run>/try1/
+    up = Path(os.environ["DLH_TEST_PROJECT_DIR"]).parent / "uploads" / dr.dag_id / "dbt" / dr.run_id / "try1"
+    assert sorted(p.name for p in up.iterdir()) == [
+        "manifest.json.gz", "run_results.json.gz"] or sorted(p.name for p in up.iterdir()) == [
+        "catalog.json.gz", "manifest.json.gz", "run_results.json.gz", "sources.json.gz"]
+    assert json.loads(gzip.decompress((up / "run_results.json.gz").read_bytes()))["results"]
+    # links
+    assert _xcom(dr, "_link_DbtDocsLink") == "https://docs.example.com/dbt"
+    assert _xcom(dr, "_link_DbtArtifactsLink") == (
+        f"https://artifacts.example.com/dbt/{dr.dag_id}/dbt/{dr.run_id}/")
+    if mode == "deferred":
+        assert list((RUNTIME / "deferred").iterdir()) == []  # control dir removed
+
+
+@pytest.mark.parametrize("mode", ["sync", "deferred"])
+def test_failing_model_fails_the_task_with_the_node(dags: Any, mode: str,
+                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    dr = _run(dags, f"duck_{mode}_failing_model")
+    out = capfd.readouterr()
+    log = out.out + out.err
+    assert dr.state == "failed"
+    assert "DbtRuntimeException" in log and "model.demo.boom [error]" in log
+    assert "table_that_does_not_exist" in log
+
+
+@pytest.mark.parametrize("mode", ["sync", "deferred"])
+def test_timeout_cancels_dbt_and_cleans_up(dags: Any, mode: str, pg: PgServer,
+                                           capfd: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    dr = _run(dags, f"pg_{mode}_timeout")
+    elapsed = time.monotonic() - started
+    log = "".join(capfd.readouterr())
+    assert dr.state == "failed"
+    assert "DbtTimeoutException" in log and "timed out after 8s" in log
+    assert elapsed < 60
+    assert _dbt_processes() == []
+    assert pg.execute("select count(*) from pg_stat_activity where query like '%pg_sleep%' "
+                      "and pid <> pg_backend_pid()") == [(0,)]
+    runs = [p for p in (RUNTIME / "runs").iterdir() if f"pg_{mode}_timeout" in p.name]
+    assert runs == []  # target dir removed (not kept for this DAG)
+    assert not any((RUNTIME / "deferred").iterdir())
+
+
+@pytest.mark.parametrize("mode", ["sync", "deferred"])
+def test_retry_resumes_with_dbt_retry(dags: Any, mode: str, capfd: pytest.CaptureFixture[str]) -> None:
+    flaky = Path(os.environ["DLH_TEST_PROJECT_DIR"]).parent / "flaky.csv"
+    flaky.unlink(missing_ok=True)
+    dr = _run(dags, f"duck_{mode}_retry_resume")
+    log = "".join(capfd.readouterr())
+    assert dr.state == "success", log[-4000:]
+    assert _ti(dr).try_number == 2
+    assert "resumes the previous try's failure with `dbt retry`" in log
+    target = Path(_xcom(dr)["target_dir"])
+    ran = {r["unique_id"] for r in json.loads((target / "run_results.json").read_text())["results"]}
+    assert ran == {"model.demo.flaky", "model.demo.flaky_child"}  # only the failed node and its child
+
+
+def test_deferrable_needs_a_declared_shared_runtime_root(dags: Any, monkeypatch: pytest.MonkeyPatch,
+                                                         capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("DLH_DBT_SHARED_RUNTIME_ROOT")
+    dr = _run(dags, "duck_deferred_build")
+    log = "".join(capfd.readouterr())
+    assert dr.state == "failed"
+    assert "visible to the triggerer" in log and "DLH_DBT_SHARED_RUNTIME_ROOT" in log
+    assert _dbt_processes() == []
+
+
+def _context(dag_id: str, try_number: int = 1) -> dict[str, Any]:
+    ti = SimpleNamespace(dag_id=dag_id, task_id="dbt", try_number=try_number, run_id="manual__kill")
+    return {"ti": ti}
+
+
+def _slow_op(**kw: Any) -> DbtOperator:
+    return DbtOperator(task_id="dbt", command="run", conn_id="pg_ops", select="+slow_model",
+                       vars={"slow_seconds": 120}, dbt_project_dir=os.environ["DLH_TEST_PROJECT_DIR"],
+                       cancel_grace=10, **kw)
+
+
+def test_kill_sync_task_leaves_no_process_and_no_target(dags: Any, pg: PgServer) -> None:
+    op = _slow_op()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            op.execute(_context("kill_sync"))  # type: ignore[arg-type]
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    pg.wait_until("select 1 from pg_stat_activity where query like '%pg_sleep(120)%' "
+                  "and pid <> pg_backend_pid()", lambda rows: len(rows) == 1, timeout=60)
+    op.on_kill()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert isinstance(errors[0], DbtCancelledException)
+    assert _dbt_processes() == []
+    assert not [p for p in (RUNTIME / "runs").iterdir() if "kill_sync" in p.name]
+
+
+def test_kill_deferred_task_cancels_the_detached_run(dags: Any, pg: PgServer) -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    op = _slow_op(deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(_context("kill_deferred"))  # type: ignore[arg-type]
+    trigger = deferred.value.trigger
+    pg.wait_until("select 1 from pg_stat_activity where query like '%pg_sleep(120)%' "
+                  "and pid <> pg_backend_pid()", lambda rows: len(rows) == 1, timeout=60)
+    assert _dbt_processes()
+    asyncio.run(trigger.on_kill())
+    deadline = time.monotonic() + 30
+    while _dbt_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _dbt_processes() == []
+    assert not [p for p in (RUNTIME / "runs").iterdir() if "kill_deferred" in p.name]
+    assert not Path(trigger.control_dir).exists()
+
+
+def test_trigger_serializes_round_trip() -> None:
+    from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
+
+    trig = DbtExecutionTrigger("/x/y", check_interval=2, timeout_at=123.0, cancel_grace=5)
+    path, kwargs = trig.serialize()
+    assert path == "dlh_airflow_common.triggers.dbt.DbtExecutionTrigger"
+    assert DbtExecutionTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+def test_seed_examples_construct_unchanged() -> None:
+    """The operator calls written in seeds 001 and 004 keep working as written."""
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+
+    with DAG("seed_examples", schedule=None, start_date=datetime(2026, 1, 1)):
+        a = DbtOperator(task_id="dbt_run", dbt_command="run", conn_id="dbt_postgres")
+        b = DbtOperator(task_id="dbt_run_debug", venv_path="/opt/airflow/venvs/dbt",
+                        dbt_project_dir="/opt/airflow/dbt/my_project", dbt_command="run",
+                        conn_id="dbt_postgres", keep_target_artifacts=True)
+        c = DbtOperator(task_id="dbt_hourly", dbt_command="run", dbt_models=["tag:hourly"],
+                        conn_id="dbt_postgres")
+        d = DbtOperator(task_id="dbt_run2", venv_path="/opt/airflow/venvs/dbt-venv",
+                        dbt_project_dir="/opt/airflow/dbt/my_project", dbt_command="run",
+                        conn_id="dbt_dremio_prod", target="prod", deferrable=True, retry_limit=3,
+                        upload_artifacts=True, artifacts_conn_id="aws_default",
+                        artifacts_bucket="my-dbt-artifacts", schema_override="{{ var.value.schema }}")
+    assert a.command == "run" and c.select == ["tag:hourly"] and b.keep_target_artifacts
+    assert d.artifacts_destination == "s3://my-dbt-artifacts/dbt-artifacts" and d.deferrable
+    assert "schema_override" in DbtOperator.template_fields and "select" in DbtOperator.template_fields
+
+
+def test_provider_registers_links_and_connection_type() -> None:
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("dlh_airflow")]
+    info = ep.load()()
+    assert "dlh_airflow_common.links.DbtDocsLink" in info["extra-links"]
+    assert "dlh_airflow_common.links.DbtArtifactsLink" in info["extra-links"]
+    assert info["connection-types"][0]["hook-class-name"] == "dlh_airflow_common.hooks.dbt.DbtHook"
