@@ -44,6 +44,23 @@ def _run(dags: Any, dag_id: str) -> Any:
     return dags.get_dag(dag_id).test()
 
 
+def _run_logged(dags: Any, dag_id: str, capfd: pytest.CaptureFixture[str]) -> tuple[Any, str]:
+    """dag.test() plus everything the task logged (structlog events, exceptions) and printed."""
+    with capture_logs() as events:
+        dr = _run(dags, dag_id)
+    out = capfd.readouterr()
+    text = "\n".join(" ".join(str(v) for v in e.values()) for e in events)
+    return dr, text + out.out + out.err
+
+
+def _failure(dag_id: str) -> dict[str, str]:
+    """The exception recorded by the DAG's on_failure_callback."""
+    path = Path(os.environ["DLH_TEST_PROJECT_DIR"]).parent / "failures" / f"{dag_id}.json"
+    data: dict[str, str] = json.loads(path.read_text())
+    path.unlink()
+    return data
+
+
 def _ti(dr: Any) -> Any:
     return dr.get_task_instance("dbt")
 
@@ -62,6 +79,14 @@ def _dbt_processes() -> list[str]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [ln for ln in out.splitlines() if ("dlh_airflow_common.core.detached" in ln or "bin/dbt " in ln)
             and "ps -eo" not in ln]
+
+
+def _no_dbt_processes(within: float = 10.0) -> bool:
+    """The detached supervisor writes its final status just before exiting: allow it to exit."""
+    deadline = time.monotonic() + within
+    while _dbt_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _dbt_processes() == []
 
 
 @pytest.mark.parametrize("mode", ["sync", "deferred"])
@@ -101,25 +126,27 @@ def test_build_success(dags: Any, mode: str, warehouse: str,
 @pytest.mark.parametrize("mode", ["sync", "deferred"])
 def test_failing_model_fails_the_task_with_the_node(dags: Any, mode: str,
                                                     capfd: pytest.CaptureFixture[str]) -> None:
-    dr = _run(dags, f"duck_{mode}_failing_model")
-    out = capfd.readouterr()
-    log = out.out + out.err
+    dr, log = _run_logged(dags, f"duck_{mode}_failing_model", capfd)
     assert dr.state == "failed"
-    assert "DbtRuntimeException" in log and "model.demo.boom [error]" in log
-    assert "table_that_does_not_exist" in log
+    failure = _failure(dr.dag_id)
+    assert failure["type"] == "DbtRuntimeException"
+    assert "model.demo.boom [error]" in failure["text"] and "table_that_does_not_exist" in failure["text"]
+    assert "return code: 1" in failure["text"] and "command: dbt build --select boom +stg_customers" in failure["text"]
+    assert "failed: model.demo.boom [error]" in log  # the run summary in the task log names the node
 
 
 @pytest.mark.parametrize("mode", ["sync", "deferred"])
 def test_timeout_cancels_dbt_and_cleans_up(dags: Any, mode: str, pg: PgServer,
                                            capfd: pytest.CaptureFixture[str]) -> None:
     started = time.monotonic()
-    dr = _run(dags, f"pg_{mode}_timeout")
+    dr, log = _run_logged(dags, f"pg_{mode}_timeout", capfd)
     elapsed = time.monotonic() - started
-    log = "".join(capfd.readouterr())
     assert dr.state == "failed"
-    assert "DbtTimeoutException" in log and "timed out after 8s" in log
+    failure = _failure(dr.dag_id)
+    assert failure["type"] == "DbtTimeoutException" and "timed out after 8s" in failure["text"], failure
+    assert "OK seed.demo.raw_customers" in log  # progress up to the cancel reached the task log
     assert elapsed < 60
-    assert _dbt_processes() == []
+    assert _no_dbt_processes()
     assert pg.execute("select count(*) from pg_stat_activity where query like '%pg_sleep%' "
                       "and pid <> pg_backend_pid()") == [(0,)]
     runs = [p for p in (RUNTIME / "runs").iterdir() if f"pg_{mode}_timeout" in p.name]
@@ -131,8 +158,7 @@ def test_timeout_cancels_dbt_and_cleans_up(dags: Any, mode: str, pg: PgServer,
 def test_retry_resumes_with_dbt_retry(dags: Any, mode: str, capfd: pytest.CaptureFixture[str]) -> None:
     flaky = Path(os.environ["DLH_TEST_PROJECT_DIR"]).parent / "flaky.csv"
     flaky.unlink(missing_ok=True)
-    dr = _run(dags, f"duck_{mode}_retry_resume")
-    log = "".join(capfd.readouterr())
+    dr, log = _run_logged(dags, f"duck_{mode}_retry_resume", capfd)
     assert dr.state == "success", log[-4000:]
     assert _ti(dr).try_number == 2
     assert "resumes the previous try's failure with `dbt retry`" in log
@@ -144,11 +170,11 @@ def test_retry_resumes_with_dbt_retry(dags: Any, mode: str, capfd: pytest.Captur
 def test_deferrable_needs_a_declared_shared_runtime_root(dags: Any, monkeypatch: pytest.MonkeyPatch,
                                                          capfd: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("DLH_DBT_SHARED_RUNTIME_ROOT")
-    dr = _run(dags, "duck_deferred_build")
-    log = "".join(capfd.readouterr())
+    dr, _ = _run_logged(dags, "duck_deferred_build", capfd)
     assert dr.state == "failed"
-    assert "visible to the triggerer" in log and "DLH_DBT_SHARED_RUNTIME_ROOT" in log
-    assert _dbt_processes() == []
+    failure = _failure(dr.dag_id)
+    assert "visible to the triggerer" in failure["text"] and "DLH_DBT_SHARED_RUNTIME_ROOT" in failure["text"]
+    assert _no_dbt_processes()
 
 
 def _context(dag_id: str, try_number: int = 1) -> dict[str, Any]:
@@ -157,7 +183,7 @@ def _context(dag_id: str, try_number: int = 1) -> dict[str, Any]:
 
 
 def _slow_op(**kw: Any) -> DbtOperator:
-    return DbtOperator(task_id="dbt", command="run", conn_id="pg_ops", select="+slow_model",
+    return DbtOperator(task_id="dbt", command="build", conn_id="pg_ops", select="+slow_model",
                        vars={"slow_seconds": 120}, dbt_project_dir=os.environ["DLH_TEST_PROJECT_DIR"],
                        cancel_grace=10, **kw)
 
@@ -180,7 +206,7 @@ def test_kill_sync_task_leaves_no_process_and_no_target(dags: Any, pg: PgServer)
     thread.join(60)
     assert not thread.is_alive()
     assert isinstance(errors[0], DbtCancelledException)
-    assert _dbt_processes() == []
+    assert _no_dbt_processes()
     assert not [p for p in (RUNTIME / "runs").iterdir() if "kill_sync" in p.name]
 
 
@@ -195,10 +221,7 @@ def test_kill_deferred_task_cancels_the_detached_run(dags: Any, pg: PgServer) ->
                   "and pid <> pg_backend_pid()", lambda rows: len(rows) == 1, timeout=60)
     assert _dbt_processes()
     asyncio.run(trigger.on_kill())
-    deadline = time.monotonic() + 30
-    while _dbt_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _dbt_processes() == []
+    assert _no_dbt_processes(30)
     assert not [p for p in (RUNTIME / "runs").iterdir() if "kill_deferred" in p.name]
     assert not Path(trigger.control_dir).exists()
 

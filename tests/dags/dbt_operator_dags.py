@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,10 +22,20 @@ def _make_flaky_pass(context: Any) -> None:
     Path(FLAKY_CSV).write_text("x\n1\n")
 
 
+def record_failure(context: Any) -> None:
+    """on_failure_callback: keep the exception the task failed with, for the tests to inspect."""
+    exc = context.get("exception")
+    out = Path(PROJECT).parent / "failures"
+    out.mkdir(exist_ok=True)
+    (out / f"{context['dag'].dag_id}.json").write_text(
+        json.dumps({"type": type(exc).__name__, "text": str(exc)}))
+
+
 def _dag(dag_id: str, **op_kwargs: Any) -> DAG:
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
              tags=["dbt-tests"]) as dag:
         op_kwargs.setdefault("keep_target_artifacts", True)
+        op_kwargs.setdefault("on_failure_callback", record_failure)
         DbtOperator(task_id="dbt", dbt_project_dir=PROJECT, check_interval=0.5, **op_kwargs)
     return dag
 
@@ -36,7 +47,7 @@ for mode, deferrable in (("sync", False), ("deferred", True)):
              dbt_docs_url="https://docs.example.com/dbt", artifacts_url="https://artifacts.example.com/dbt")
     _dag(f"duck_{mode}_failing_model", command="build", conn_id="duck_ops", deferrable=deferrable,
          select=["boom", "+stg_customers"], vars={"boom": True})
-    _dag(f"pg_{mode}_timeout", command="run", conn_id="pg_ops", deferrable=deferrable,
+    _dag(f"pg_{mode}_timeout", command="build", conn_id="pg_ops", deferrable=deferrable, exclude="test_type:data",
          select="+slow_model", vars={"slow_seconds": 120}, timeout=8, cancel_grace=10,
          keep_target_artifacts=False)
     _dag(f"duck_{mode}_retry_resume", command="build", conn_id="duck_ops", deferrable=deferrable,

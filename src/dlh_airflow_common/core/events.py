@@ -57,9 +57,10 @@ class EventCollector:
         node = data.get("node_info") or {}
         total = data.get("total") or data.get("num_models")
         if "index" in data and total and node.get("unique_id") and name != "LogStartLine":
-            status = "skipped" if name == "SkippingDetails" else str(
-                data.get("status") or node.get("node_status") or ""
-            ).lower()
+            # node_status is dbt's own verdict; data.status may be an adapter message ("SELECT 5").
+            raw = [str(v).lower() for v in (node.get("node_status"), data.get("status")) if v]
+            status = "skipped" if name == "SkippingDetails" else next(
+                (r for r in raw if r in _STATUS_WORDS), raw[0] if raw else "")
             word = _STATUS_WORDS.get(status, status.upper() or "DONE")
             seconds = float(data.get("execution_time") or 0.0)
             line = f"[{data['index']}/{total}] {word} {node['unique_id']} {seconds:.1f}s"
