@@ -266,3 +266,74 @@ def test_provider_registers_links_and_connection_type() -> None:
     assert "dlh_airflow_common.links.DbtDocsLink" in info["extra-links"]
     assert "dlh_airflow_common.links.DbtArtifactsLink" in info["extra-links"]
     assert info["connection-types"][0]["hook-class-name"] == "dlh_airflow_common.hooks.dbt.DbtHook"
+
+
+def test_lineage_of_a_build_names_input_and_output_tables(dags: Any) -> None:
+    """OpenLineage facets for the task come from the run's own manifest and run_results."""
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+    captured: dict[str, Any] = {}
+    original = DbtOperator._build_lineage
+
+    def spy(self: DbtOperator, context: Any, artifacts: Path) -> Any:
+        captured["lineage"] = original(self, context, artifacts)
+        return captured["lineage"]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DbtOperator, "_build_lineage", spy)
+        dr = _run(dags, "duck_sync_build")
+    assert dr.state == "success"
+    operator_lineage, node_events = captured["lineage"]
+    assert isinstance(operator_lineage, OperatorLineage)
+    outputs = {d.name for d in operator_lineage.outputs}
+    assert outputs == {f"ops.main.{t}" for t in ("raw_customers", "raw_orders", "stg_customers", "stg_orders",
+                                                 "customer_orders")}
+    assert operator_lineage.inputs == []  # a full build reads only what it builds
+    assert {d.namespace for d in operator_lineage.outputs} == {f"duckdb://{_SCRATCH / 'ops.duckdb'}"}
+    complete = {e.job.name: e for e in node_events if str(e.eventType).endswith("COMPLETE")}
+    (marts,) = [e for name, e in complete.items() if name.endswith("customer_orders.build.run")]
+    assert {d.name for d in marts.inputs} == {"ops.main.stg_customers", "ops.main.stg_orders"}
+    assert {d.name for d in marts.outputs} == {"ops.main.customer_orders"}
+
+
+def test_metrics_report_duration_nodes_and_retries(dags: Any) -> None:
+    calls: list[tuple[str, str, float]] = []
+
+    class Recorder:
+        def timing(self, name: str, value: float, tags: Any = None) -> None:
+            calls.append(("timing", name, value))
+
+        def incr(self, name: str, count: int = 1, tags: Any = None) -> None:
+            calls.append(("incr", name, count))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("dlh_airflow_common.metrics._stats", lambda: Recorder())
+        dr = _run(dags, "duck_sync_build")
+    assert dr.state == "success"
+    names = {(kind, name): value for kind, name, value in calls}
+    assert names[("incr", "dbt.nodes.success")] == 5 and names[("incr", "dbt.nodes.warn")] == 1
+    assert names[("incr", "dbt.run.success")] == 1
+    assert names[("timing", "dbt.run.duration")] > 0
+
+
+def test_upload_leaves_the_four_artifacts_compressed(demo_project: Path, tmp_path: Path,
+                                                    runtime_root: Path) -> None:
+    from dlh_airflow_common.hooks.dbt import DbtHook
+    from dlh_airflow_common.storage import upload_artifacts
+
+    os.environ["AIRFLOW_CONN_UPLOAD_DUCK"] = json.dumps(
+        {"conn_type": "duckdb", "host": str(tmp_path / "up.duckdb")})
+    target = tmp_path / "target"
+    hook = DbtHook(demo_project, conn_id="upload_duck", runtime_root=str(runtime_root))
+    hook.run_dbt_task("deps")
+    hook = DbtHook(demo_project, conn_id="upload_duck", runtime_root=str(runtime_root), target_path=str(target))
+    for command in ("build", "docs generate", "source freshness"):
+        hook.run_dbt_task(command)
+    written = upload_artifacts(target, f"file://{tmp_path / 'store'}", None, "dag", "task", "run", "try1")
+    folder = tmp_path / "store" / "dag" / "task" / "run" / "try1"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "catalog.json.gz", "manifest.json.gz", "run_results.json.gz", "sources.json.gz"]
+    assert len(written) == 4
+    assert "source.demo.shop.raw_orders" in gzip.decompress((folder / "sources.json.gz").read_bytes()).decode()
+    # a destination that cannot be written only warns
+    assert upload_artifacts(target, "file:///proc/no-such-dir", None, "x") == []

@@ -300,15 +300,16 @@ class DbtInvoker:
 
     def _attempt(self, call: DbtCall, shown: str, command: DbtCommand, target_dir: Path,
                  secrets: list[str], attempt: int) -> DbtTaskResult:
-        for name in ("run_results.json", "sources.json"):
-            with contextlib.suppress(FileNotFoundError):
-                (target_dir / name).unlink()
+        # A retried attempt must not report the previous attempt's results: drop what this command writes.
+        is_freshness = command.words[:2] == ["source", "freshness"]
+        with contextlib.suppress(FileNotFoundError):
+            (target_dir / ("sources.json" if is_freshness else "run_results.json")).unlink()
         collector = EventCollector(progress=self.progress, secrets=secrets)
         self._say(f"Running {shown} (attempt {attempt})")
         outcome: RunnerResult = self.runner.run(call, collector.feed, collector.feed_text, self.timeout)
         run_results = load_run_results(target_dir) if (target_dir / "run_results.json").exists() else {}
         sources = load_sources(target_dir) if (target_dir / "sources.json").exists() else {}
-        summary = summarize(sources if command.words[:2] == ["source", "freshness"] else run_results)
+        summary = summarize(sources if is_freshness else run_results)
         for line in summary.lines():
             self._say(redact(line, secrets))
         result = DbtTaskResult(
