@@ -131,3 +131,52 @@ def test_kept_artifacts_are_readable_through_the_hook(demo_project: Path, duck_c
     hook.run_dbt_task("source freshness")
     assert [r["unique_id"] for r in hook.get_sources()["results"]] == ["source.demo.shop.raw_orders"]
     assert hook.last_result is not None and hook.last_result.summary.counts == {"pass": 1}
+
+
+def test_schema_override_routes_models_without_touching_the_project(demo_project: Path, tmp_path: Path,
+                                                                    duck_conn_id: str,
+                                                                    runtime_root: Path) -> None:
+    import duckdb
+
+    before = (demo_project / "dbt_project.yml").read_text()
+    hook = _hook(demo_project, duck_conn_id, runtime_root, schema_override="ci_override")
+    hook.run_dbt_task("deps")
+    hook.run_dbt_task("build")
+    prof = tmp_path / "own"
+    prof.mkdir()
+    (prof / "profiles.yml").write_text(
+        f"demo:\n  target: dev\n  outputs:\n    dev:\n      type: duckdb\n"
+        f"      path: {tmp_path / 'own.duckdb'}\n      schema: main\n")
+    own = DbtHook(demo_project, profiles_dir=str(prof), runtime_root=str(runtime_root),
+                  schema_override="user_override")
+    own.run_dbt_task("seed")
+    assert (demo_project / "dbt_project.yml").read_text() == before
+    assert "user_override" not in (prof / "profiles.yml").read_text()
+    for path, schema in ((tmp_path / "wh.duckdb", "ci_override"), (tmp_path / "own.duckdb", "user_override")):
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            rows = con.sql("select distinct table_schema from information_schema.tables").fetchall()
+        finally:
+            con.close()
+        assert rows == [(schema,)], (path, rows)
+
+
+def test_package_imports_without_optional_extras() -> None:
+    """Only dbt-core, tenacity, PyYAML and Airflow are needed to import every module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'openlineage' or name.startswith('dbt.adapters.postgres')"
+        " or name.startswith('dbt.adapters.duckdb'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import dlh_airflow_common.core, dlh_airflow_common.hooks.dbt, dlh_airflow_common.operators.dbt\n"
+        "import dlh_airflow_common.triggers.dbt, dlh_airflow_common.lineage, dlh_airflow_common.links\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
