@@ -1,0 +1,1 @@
+"""Salesforce reference pipeline helpers (extraction sources and the raw landing store)."""
