@@ -9,7 +9,7 @@ install:
 	$(UV) sync --all-extras --frozen
 
 lint: install
-	$(UV) run --frozen ruff check src tests bench examples
+	$(UV) run --frozen ruff check src tests bench examples pipelines
 
 typecheck: install
 	$(UV) run --frozen mypy

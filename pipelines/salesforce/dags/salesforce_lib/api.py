@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def soql_datetime(stamp: str) -> str:
     """A SystemModstamp as a SOQL literal, floored to the second (so `>=` keeps the boundary)."""
-    parsed = datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    parsed = datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
     return parsed.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -54,7 +54,8 @@ class SalesforceApiSource:
             if page.get("done", True):
                 return
             next_url = page["nextRecordsUrl"]
-            page = self._call(lambda sf: sf.query_more(next_url, identifier_is_url=True, include_deleted=True))
+            page = self._call(lambda sf, url=next_url: sf.query_more(url, identifier_is_url=True,
+                                                                      include_deleted=True))
 
 
 def login_from_connection(conn: Any) -> Callable[[], Any]:

@@ -13,13 +13,22 @@ import os
 import random
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-STAGES = [("Prospecting", 10), ("Qualification", 20), ("Needs Analysis", 20), ("Value Proposition", 50),
-          ("Id. Decision Makers", 60), ("Perception Analysis", 70), ("Proposal/Price Quote", 75),
-          ("Negotiation/Review", 90), ("Closed Won", 100), ("Closed Lost", 0)]
+STAGES = [
+    ("Prospecting", 10),
+    ("Qualification", 20),
+    ("Needs Analysis", 20),
+    ("Value Proposition", 50),
+    ("Id. Decision Makers", 60),
+    ("Perception Analysis", 70),
+    ("Proposal/Price Quote", 75),
+    ("Negotiation/Review", 90),
+    ("Closed Won", 100),
+    ("Closed Lost", 0),
+]
 INDUSTRIES = ["Banking", "Retail", "Energy", "Technology", "Healthcare", "Manufacturing"]
 COUNTRIES = ["US", "DE", "FR", "GB", "NL", "JP"]
 FIRST = ["Ada", "Grace", "Alan", "Linus", "Barbara", "Ken", "Margaret", "Dennis", "Radia", "Edsger"]
@@ -29,7 +38,7 @@ OWNERS = ["0055g00000A1", "0055g00000B2", "0055g00000C3", "0055g00000D4"]
 
 def sf_stamp(moment: datetime) -> str:
     """Salesforce's datetime format, e.g. 2026-03-04T10:15:30.000+0000."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
 
 
 def _id(prefix: str, n: int) -> str:
@@ -55,10 +64,11 @@ class FakeOrg:
         os.replace(tmp, self.path)
 
     # -- building the org ------------------------------------------------------------------------
-    def populate(self, accounts: int = 40, contacts: int = 120, opportunities: int = 100,
-                 now: datetime | None = None) -> None:
+    def populate(
+        self, accounts: int = 40, contacts: int = 120, opportunities: int = 100, now: datetime | None = None
+    ) -> None:
         """Create the initial org (records spread over the last 90 days)."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         for i in range(accounts):
             self._account(i, now - timedelta(days=self.rng.randint(30, 90)))
         for i in range(contacts):
@@ -71,10 +81,16 @@ class FakeOrg:
         if i % 17 == 5:
             revenue = "1.2M"  # dirty number
         self.data["Account"][_id("001", i)] = {
-            "Id": _id("001", i), "Name": f"Account {i:03d} Ltd", "Type": self.rng.choice(["Customer", "Prospect"]),
-            "Industry": self.rng.choice(INDUSTRIES), "AnnualRevenue": revenue,
-            "NumberOfEmployees": self.rng.randint(5, 5000), "BillingCountry": self.rng.choice(COUNTRIES),
-            "OwnerId": self.rng.choice(OWNERS), "CreatedDate": sf_stamp(when), "SystemModstamp": sf_stamp(when),
+            "Id": _id("001", i),
+            "Name": f"Account {i:03d} Ltd",
+            "Type": self.rng.choice(["Customer", "Prospect"]),
+            "Industry": self.rng.choice(INDUSTRIES),
+            "AnnualRevenue": revenue,
+            "NumberOfEmployees": self.rng.randint(5, 5000),
+            "BillingCountry": self.rng.choice(COUNTRIES),
+            "OwnerId": self.rng.choice(OWNERS),
+            "CreatedDate": sf_stamp(when),
+            "SystemModstamp": sf_stamp(when),
             "IsDeleted": False,
         }
 
@@ -83,10 +99,16 @@ class FakeOrg:
         account = _id("001", 99999) if i % 23 == 7 else self.rng.choice(accounts)  # orphan reference
         first, last = self.rng.choice(FIRST), self.rng.choice(LAST)
         self.data["Contact"][_id("003", i)] = {
-            "Id": _id("003", i), "AccountId": account, "FirstName": first, "LastName": last,
-            "Email": f"{first}.{last}{i}@example.com".lower(), "Title": self.rng.choice(["CTO", "VP Sales", None]),
-            "LeadSource": self.rng.choice(["Web", "Partner", "Trade Show"]), "CreatedDate": sf_stamp(when),
-            "SystemModstamp": sf_stamp(when), "IsDeleted": False,
+            "Id": _id("003", i),
+            "AccountId": account,
+            "FirstName": first,
+            "LastName": last,
+            "Email": f"{first}.{last}{i}@example.com".lower(),
+            "Title": self.rng.choice(["CTO", "VP Sales", None]),
+            "LeadSource": self.rng.choice(["Web", "Partner", "Trade Show"]),
+            "CreatedDate": sf_stamp(when),
+            "SystemModstamp": sf_stamp(when),
+            "IsDeleted": False,
         }
 
     def _opportunity(self, i: int, when: datetime) -> None:
@@ -100,28 +122,43 @@ class FakeOrg:
         if i % 31 == 13:
             stage = "Legacy Stage"  # a picklist value outside the standard set
         self.data["Opportunity"][_id("006", i)] = {
-            "Id": _id("006", i), "AccountId": self.rng.choice(sorted(self.data["Account"])),
-            "Name": f"Deal {i:03d}", "StageName": stage, "Amount": amount, "Probability": probability,
-            "CloseDate": close, "Type": self.rng.choice(["New Business", "Existing Business"]),
-            "LeadSource": self.rng.choice(["Web", "Partner"]), "ForecastCategory": "Pipeline",
-            "IsClosed": stage.startswith("Closed"), "IsWon": stage == "Closed Won",
-            "OwnerId": self.rng.choice(OWNERS), "CreatedDate": sf_stamp(when), "SystemModstamp": sf_stamp(when),
+            "Id": _id("006", i),
+            "AccountId": self.rng.choice(sorted(self.data["Account"])),
+            "Name": f"Deal {i:03d}",
+            "StageName": stage,
+            "Amount": amount,
+            "Probability": probability,
+            "CloseDate": close,
+            "Type": self.rng.choice(["New Business", "Existing Business"]),
+            "LeadSource": self.rng.choice(["Web", "Partner"]),
+            "ForecastCategory": "Pipeline",
+            "IsClosed": stage.startswith("Closed"),
+            "IsWon": stage == "Closed Won",
+            "OwnerId": self.rng.choice(OWNERS),
+            "CreatedDate": sf_stamp(when),
+            "SystemModstamp": sf_stamp(when),
             "IsDeleted": False,
         }
 
     # -- changes over time -------------------------------------------------------------------------
     def late_edits(self, count: int = 5, now: datetime | None = None) -> list[str]:
         """Edit the oldest opportunities (a late correction): new stage and amount, new stamp."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         oldest = sorted(self.data["Opportunity"].values(), key=lambda r: r["CreatedDate"])[:count]
         for rec in oldest:
             stage, probability = self.rng.choice(STAGES[:8])
-            rec.update(StageName=stage, Probability=probability, IsClosed=False, IsWon=False,
-                       Amount=f"{self.rng.randint(1, 200) * 750}.00", SystemModstamp=sf_stamp(now))
+            rec.update(
+                StageName=stage,
+                Probability=probability,
+                IsClosed=False,
+                IsWon=False,
+                Amount=f"{self.rng.randint(1, 200) * 750}.00",
+                SystemModstamp=sf_stamp(now),
+            )
         return [r["Id"] for r in oldest]
 
     def new_contacts(self, count: int = 5, now: datetime | None = None) -> list[str]:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         start = len(self.data["Contact"])
         for i in range(start, start + count):
             self._contact(i, now)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from salesforce_lib.objects import OBJECTS, RAW_SCHEMA, columns_for, table_for
@@ -50,7 +50,7 @@ class RawStore:
         """Upsert ``records`` and advance the watermark, all in one transaction; return rows read."""
         columns = columns_for(obj)
         fields = OBJECTS[obj]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         p = self.placeholder
         updates = ", ".join(f"{c} = excluded.{c}" for c in [*columns[1:], "extracted_at"])
         table = f"{RAW_SCHEMA}.{table_for(obj)}"
