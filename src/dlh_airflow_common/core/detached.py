@@ -105,6 +105,7 @@ class DetachedSpec:
     profiles_dir: str | None = None
     schema_override: str | None = None
     keep_target_artifacts: bool = False
+    target_path: str | None = None
     retry_limit: int = 0
     retry_delay: float = 1.0
     env_vars: dict[str, str] | None = None
@@ -158,7 +159,8 @@ def _supervise(ctl: ControlDir) -> int:
         spec.project_dir, profile,
         runner=SubprocessRunner(spec.venv_path, spec.dbt_executable, cancel_grace=spec.cancel_grace),
         runtime_root=spec.runtime_root, identity=RunIdentity(**spec.identity),
-        keep_target_artifacts=spec.keep_target_artifacts, retry_limit=spec.retry_limit,
+        keep_target_artifacts=spec.keep_target_artifacts, target_path=spec.target_path,
+        retry_limit=spec.retry_limit,
         retry_delay=spec.retry_delay, env_vars=spec.env_vars, partial_parse=spec.partial_parse,
         progress=lambda line: print(line, flush=True), artifacts_callback=keep_artifacts,
     )

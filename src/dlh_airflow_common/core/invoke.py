@@ -72,6 +72,7 @@ class DbtCommand:
         args = self.words
         for flag, value in (("--select", self.select), ("--exclude", self.exclude)):
             items = [value] if isinstance(value, str) else list(value or [])
+            items = [i for i in items if i]  # an empty templated selection means "everything"
             if items:
                 args += [flag, *items]
         if self.selector:
@@ -218,8 +219,9 @@ class DbtInvoker:
                     env["DBT_PROFILE"] = profile_name
                 if target_name:
                     env["DBT_TARGET"] = target_name
-                if self.partial_parse and self.target_path is None:
-                    runtime.seed_partial_parse(self._parse_key(command, profile_name, target_name))
+                if self.partial_parse:
+                    runtime.seed_partial_parse(self._parse_key(command, profile_name, target_name),
+                                               target_dir)
                 call = DbtCall(command.argv(), env, runtime.shadow_dir)
                 shown = redact(self.runner.describe(call.args), secrets)
 
@@ -238,7 +240,7 @@ class DbtInvoker:
                             result = self._attempt(call, shown, command, target_dir, secrets, attempts)
                 if is_deps:
                     runtime.publish_packages()
-                if self.partial_parse and self.target_path is None:
+                if self.partial_parse:
                     runtime.publish_partial_parse()
             finally:
                 if profiles_holder is not None:

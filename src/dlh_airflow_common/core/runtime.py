@@ -187,6 +187,7 @@ class DbtRuntime:
     keep_target_artifacts: bool = False
     _seeded_parse_mtime: float | None = field(default=None, repr=False)
     _parse_key: str = field(default="default", repr=False)
+    _parse_target: Path | None = field(default=None, repr=False)
 
     @property
     def target_dir(self) -> Path:
@@ -227,13 +228,17 @@ class DbtRuntime:
         runtime.log_dir.mkdir()
         return runtime
 
-    def seed_partial_parse(self, key: str) -> bool:
-        """Start from the project's last parse so dbt re-parses only what changed."""
+    def seed_partial_parse(self, key: str, target_dir: Path | None = None) -> bool:
+        """Start from the project's last parse so dbt re-parses only what changed.
+
+        ``target_dir`` is a caller-owned target dir (``target_path``); its own parse file wins.
+        """
         self._parse_key = key
+        self._parse_target = target_dir or self.target_dir
         cached = self.cache.partial_parse_file(key)
-        if not cached.is_file():
+        dest = self._parse_target / PARTIAL_PARSE_FILE
+        if not cached.is_file() or dest.exists():
             return False
-        dest = self.target_dir / PARTIAL_PARSE_FILE
         try:
             shutil.copyfile(cached, dest)
         except OSError as exc:
@@ -244,7 +249,7 @@ class DbtRuntime:
 
     def publish_partial_parse(self) -> None:
         """Share this run's parse result, if dbt wrote a new one."""
-        produced = self.target_dir / PARTIAL_PARSE_FILE
+        produced = (self._parse_target or self.target_dir) / PARTIAL_PARSE_FILE
         if not produced.is_file() or produced.stat().st_mtime == self._seeded_parse_mtime:
             return
         try:

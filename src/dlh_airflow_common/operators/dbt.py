@@ -53,7 +53,7 @@ class DbtOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "dbt_project_dir", "command", "select", "exclude", "selector", "vars", "env_vars",
-        "schema_override", "target", "extra_args", "artifacts_destination",
+        "schema_override", "target", "extra_args", "artifacts_destination", "target_path",
     )
     template_fields_renderers = {"vars": "json", "env_vars": "json"}
     operator_extra_links = (DbtDocsLink(), DbtArtifactsLink())
@@ -93,6 +93,7 @@ class DbtOperator(BaseOperator):
         dbt_docs_url: str | None = None,
         artifacts_url: str | None = None,
         runtime_root: str | None = None,
+        target_path: str | None = None,
         in_process: bool = False,
         cancel_grace: float = 30.0,
         extra_args: Sequence[str] = (),
@@ -140,6 +141,7 @@ class DbtOperator(BaseOperator):
         self.dbt_docs_url = dbt_docs_url
         self.artifacts_url = artifacts_url
         self.runtime_root = runtime_root
+        self.target_path = target_path  # a caller-owned target dir shared by tasks (e.g. for --state)
         self.in_process = in_process
         self.cancel_grace = cancel_grace
         self.extra_args = list(extra_args)
@@ -197,7 +199,8 @@ class DbtOperator(BaseOperator):
             profile_name=self.profile_name, venv_path=self.venv_path, dbt_executable=self.dbt_executable,
             env_vars=self.env_vars, retry_limit=self.retry_limit, retry_delay=self.transient_retry_delay,
             runtime_root=self.runtime_root, keep_target_artifacts=self.keep_target_artifacts,
-            schema_override=self.schema_override, identity=self._identity(context),
+            target_path=self.target_path or None, schema_override=self.schema_override,
+            identity=self._identity(context),
             in_process=self.in_process, cancel_grace=self.cancel_grace, timeout=self.timeout,
             progress=self.log.info, artifacts_callback=keep,
         )
@@ -273,8 +276,8 @@ class DbtOperator(BaseOperator):
             identity={"dag_id": ident.dag_id, "task_id": ident.task_id, "try_number": ident.try_number},
             profile_name=profile_name, target_name=target_name, profile_document=document,
             profiles_dir=None if document else self.profiles_dir, schema_override=self.schema_override,
-            keep_target_artifacts=self.keep_target_artifacts, retry_limit=self.retry_limit,
-            retry_delay=self.transient_retry_delay,
+            keep_target_artifacts=self.keep_target_artifacts, target_path=self.target_path or None,
+            retry_limit=self.retry_limit, retry_delay=self.transient_retry_delay,
             env_vars={k: v for k, v in self.env_vars.items() if not k.startswith("DBT_ENV_SECRET_")},
             venv_path=self.venv_path, dbt_executable=self.dbt_executable, cancel_grace=self.cancel_grace,
         )
