@@ -17,6 +17,7 @@ from typing import Any
 from salesforce_lib.objects import OBJECTS, RAW_SCHEMA, columns_for, table_for
 
 WATERMARKS = f"{RAW_SCHEMA}._watermarks"
+TRANSFORMED = f"{RAW_SCHEMA}._transformed_watermark"  # raw watermark at the last successful dbt build
 
 
 class RawStore:
@@ -86,6 +87,24 @@ class RawStore:
             cur.execute(f"select max(systemmodstamp) from {WATERMARKS}")
             row = cur.fetchone()
             return None if row is None or row[0] is None else str(row[0])
+
+    def transformed_watermark(self) -> str | None:
+        """The raw watermark the last successful dbt build saw (None before the first one)."""
+        with self.connect() as con:
+            cur = con.cursor()
+            cur.execute(f"create table if not exists {TRANSFORMED} (pipeline text primary key, "
+                        "systemmodstamp text not null, updated_at timestamptz not null)")
+            cur.execute(f"select systemmodstamp from {TRANSFORMED} where pipeline = 'salesforce_dbt'")
+            row = cur.fetchone()
+            return None if row is None else str(row[0])
+
+    def record_transformed(self, watermark: str) -> None:
+        p = self.placeholder
+        with self.connect() as con:
+            cur = con.cursor()
+            cur.execute(f"delete from {TRANSFORMED} where pipeline = 'salesforce_dbt'")
+            cur.execute(f"insert into {TRANSFORMED} values ('salesforce_dbt', {p}, {p})",
+                        (watermark, datetime.now(UTC)))
 
     def count(self, obj: str) -> int:
         with self.connect() as con:
