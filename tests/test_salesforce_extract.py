@@ -15,10 +15,10 @@ from tests.pgserver import PgServer
 
 sys.path.insert(0, str(REPO / "pipelines" / "salesforce" / "dags"))
 
-from salesforce_lib.api import SalesforceApiSource, build_soql  # noqa: E402
-from salesforce_lib.generator import FakeOrg  # noqa: E402
-from salesforce_lib.objects import OBJECTS  # noqa: E402
-from salesforce_lib.store import DuckDbStore, PostgresStore, RawStore  # noqa: E402
+from salesforce_lib.api import SalesforceApiSource, build_soql
+from salesforce_lib.generator import FakeOrg
+from salesforce_lib.objects import OBJECTS
+from salesforce_lib.store import DuckDbStore, PostgresStore, RawStore
 
 DATA = REPO / "tests" / "data" / "salesforce"
 LOGIN = "https://login.salesforce.com/services/Soap/u/59.0"
