@@ -102,6 +102,7 @@ def test_build_success(dags: Any, mode: str, warehouse: str,
     assert [w["unique_id"].split(".")[2] for w in result["summary"]["warnings"]] == [
         "accepted_values_stg_orders_status__completed__shipped__placed"]
     assert "manifest" not in json.dumps(result)  # compact XCom, not the artifacts
+    assert CANARY not in json.dumps(result)
     # live progress and the summary reach the task log
     log = "\n".join(str(e.get("event")) for e in task_log)
     assert "OK model.demo.customer_orders" in log and "dbt summary: 10 nodes" in log, log
