@@ -90,6 +90,26 @@ class ControlDir:
     def request_cancel(self) -> None:
         self.cancel_flag.touch()
 
+    def progress_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.progress.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def supervisor_gone(self, status: dict[str, Any]) -> bool:
+        """True when the supervisor runs on this host and its process no longer exists."""
+        pid = status.get("pid")
+        if status.get("host") != socket.gethostname() or not isinstance(pid, int):
+            return False  # another host: only the heartbeat can tell
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
 
 @dataclass
 class DetachedSpec:
@@ -125,6 +145,9 @@ def launch(spec: DetachedSpec, control_root: Path, secret_env: Mapping[str, str]
     ctl.write_status(state="starting", host=socket.gethostname(), heartbeat=time.time())
     env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
     env.update(secret_env)
+    # Airflow 3 task processes carry a deliberately unusable metadata-DB URL; importing Airflow with it
+    # fails unless the process is marked as a worker re-exec, which is what this supervisor is.
+    env["_AIRFLOW__REEXECUTED_PROCESS"] = "1"
     log_fh = ctl.progress.open("ab")
     try:
         proc = subprocess.Popen(

@@ -78,15 +78,19 @@ class DbtExecutionTrigger(BaseTrigger):
             elif status.get("state") in TERMINAL:
                 yield self._event(status)
                 return
+            elif await asyncio.to_thread(ctl.supervisor_gone, status):
+                await asyncio.sleep(1)  # it may have written its final status just before exiting
+                final = await asyncio.to_thread(ctl.read_status) or status
+                if final.get("state") in TERMINAL:
+                    yield self._event(final)
+                    return
+                yield self._error(f"The dbt supervisor (pid {status.get('pid')}) exited without a result.")
+                return
             elif time.time() - float(status.get("heartbeat") or 0) > self.heartbeat_timeout:
-                yield TriggerEvent({
-                    "status": "error", "control_dir": self.control_dir,
-                    "message": (
-                        f"The dbt run on host {status.get('host')} (pid {status.get('pid')}) stopped "
-                        f"reporting for over {self.heartbeat_timeout:.0f}s: its worker was probably lost "
-                        "(a deleted pod, a restarted machine)."
-                    ),
-                })
+                yield self._error(
+                    f"The dbt run on host {status.get('host')} (pid {status.get('pid')}) stopped reporting "
+                    f"for over {self.heartbeat_timeout:.0f}s: its worker was probably lost (a deleted pod, "
+                    "a restarted machine).")
                 return
             if self.timeout_at is not None and time.time() > self.timeout_at:
                 yield await self._timed_out()
@@ -108,6 +112,12 @@ class DbtExecutionTrigger(BaseTrigger):
         for line in await asyncio.to_thread(read):
             if line.strip():
                 self.log.info("%s", line)
+
+    def _error(self, message: str) -> TriggerEvent:
+        tail = self._ctl.progress_tail()
+        if tail:
+            message += f"\n--- last output of the run ---\n{tail}"
+        return TriggerEvent({"status": "error", "control_dir": self.control_dir, "message": message})
 
     def _event(self, status: dict[str, Any], state: str | None = None) -> TriggerEvent:
         return TriggerEvent({
