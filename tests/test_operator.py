@@ -338,3 +338,25 @@ def test_upload_leaves_the_four_artifacts_compressed(demo_project: Path, tmp_pat
     assert "source.demo.shop.raw_orders" in gzip.decompress((folder / "sources.json.gz").read_bytes()).decode()
     # a destination that cannot be written only warns
     assert upload_artifacts(target, "file:///proc/no-such-dir", None, "x") == []
+
+
+def test_trigger_reports_a_dead_supervisor_with_its_output(tmp_path: Path) -> None:
+    import socket
+
+    from dlh_airflow_common.core.detached import ControlDir
+    from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    ctl = ControlDir(tmp_path)
+    ctl.write_status(state="running", host=socket.gethostname(), pid=gone.pid, heartbeat=time.time())
+    ctl.progress.write_text("Traceback (most recent call last):\nImportError: boom\n")
+    trigger = DbtExecutionTrigger(str(tmp_path), check_interval=0.1)
+
+    async def first_event() -> Any:
+        async for event in trigger.run():
+            return event.payload
+
+    payload = asyncio.run(asyncio.wait_for(first_event(), 30))
+    assert payload["status"] == "error"
+    assert "exited without a result" in payload["message"] and "ImportError: boom" in payload["message"]
