@@ -342,7 +342,11 @@ class DbtInvoker:
         exc_cls: type[DbtException] = classify_messages(messages)
         if exc_cls is DbtRuntimeException and failed and all(f["status"] == "fail" for f in failed):
             exc_cls = DbtTestFailure
-        headline = f"dbt {command.command} failed ({exc_cls.__name__}): {len(failed)} failing node(s)"
+        if failed:
+            headline = f"dbt {command.command} failed ({exc_cls.__name__}): {len(failed)} failing node(s)"
+        else:
+            first = next((m.strip().splitlines()[0] for m in messages if m.strip()), "no output")
+            headline = f"dbt {command.command} failed ({exc_cls.__name__}) before running any node: {first}"
         if exc_cls is DbtConnectionException:
             conn = self.profile.connection
             raise DbtConnectionException(headline, conn_id=conn.conn_id if conn else None, **details)

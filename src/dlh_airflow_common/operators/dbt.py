@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -96,7 +97,7 @@ class DbtOperator(BaseOperator):
         target_path: str | None = None,
         in_process: bool = False,
         cancel_grace: float = 30.0,
-        extra_args: Sequence[str] = (),
+        extra_args: Sequence[str] | str = (),
         **kwargs: Any,
     ) -> None:
         # `retry_delay` in seconds is the backoff base for transient dbt failures (as on DbtHook); a
@@ -144,7 +145,8 @@ class DbtOperator(BaseOperator):
         self.target_path = target_path  # a caller-owned target dir shared by tasks (e.g. for --state)
         self.in_process = in_process
         self.cancel_grace = cancel_grace
-        self.extra_args = list(extra_args)
+        # A string is a template rendered at run time (a list with render_template_as_native_obj).
+        self.extra_args: Sequence[str] | str = extra_args if isinstance(extra_args, str) else list(extra_args)
         self._hook: DbtHook | None = None
         self._lineage: Any = None
         self._started = 0.0
@@ -188,7 +190,8 @@ class DbtOperator(BaseOperator):
                               "skipped nodes run (state in %s)", ti.try_number, state)
                 return "retry", ["--state", str(state)], True
             self.log.info("No state from a previous try on this host (%s); running the full command", state)
-        return self.command, list(self.extra_args), False
+        extra = self.extra_args
+        return self.command, shlex.split(extra) if isinstance(extra, str) else list(extra), False
 
     def _make_hook(self, context: Context, capture: Path) -> DbtHook:
         def keep(target: Path, _result: DbtTaskResult | None) -> None:

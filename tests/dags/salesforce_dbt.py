@@ -1,0 +1,1 @@
+../../pipelines/salesforce/dags/salesforce_dbt.py
