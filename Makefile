@@ -2,7 +2,7 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 
-.PHONY: install test lint typecheck demo bench
+.PHONY: install test lint typecheck demo demo-core bench
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -18,6 +18,9 @@ test: lint typecheck
 	$(UV) run --frozen pytest
 
 demo: install
+	$(UV) run --frozen python examples/salesforce_demo.py
+
+demo-core: install
 	$(UV) run --frozen python examples/demo.py
 
 bench: install

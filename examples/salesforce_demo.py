@@ -52,10 +52,17 @@ def airflow(*args: str, env: dict[str, str]) -> str:
     return out.stdout
 
 
+def airflow_json(*args: str, env: dict[str, str]) -> Any:
+    """An `airflow ... -o json` result; Airflow may print warnings on stdout before it."""
+    out = airflow(*args, "-o", "json", env=env)
+    line = next(ln for ln in reversed(out.splitlines()) if ln.startswith(("[", "{")))
+    return json.loads(line)
+
+
 def task_states(dag_id: str, env: dict[str, str]) -> dict[str, str]:
-    runs = json.loads(airflow("dags", "list-runs", dag_id, "-o", "json", env=env))
+    runs = airflow_json("dags", "list-runs", dag_id, env=env)
     latest = max(runs, key=lambda r: r.get("start_date") or r.get("logical_date") or "")
-    rows = json.loads(airflow("tasks", "states-for-dag-run", dag_id, latest["run_id"], "-o", "json", env=env))
+    rows = airflow_json("tasks", "states-for-dag-run", dag_id, latest["run_id"], env=env)
     return {r["task_id"]: r["state"] for r in rows}
 
 
@@ -104,6 +111,8 @@ def report(env: dict[str, str]) -> None:
                           "marts.mart_salesforce__pipeline_by_stage_owner group by 1 order by 3 desc", env)
     for stage, n, amount in rows:
         print(f"    {stage!s:<24} {int(n):>4} deals  {float(amount or 0):>14,.2f}")
+    (monitor_rows,) = warehouse_rows("select count(*) from marts.monitor_salesforce__volume_distribution", env)[0]
+    print(f"  info monitors recorded so far: {monitor_rows} rows in marts.monitor_salesforce__volume_distribution")
     state = last_success()
     if state is None:
         return
