@@ -111,8 +111,9 @@ def report(env: dict[str, str]) -> None:
                           "marts.mart_salesforce__pipeline_by_stage_owner group by 1 order by 3 desc", env)
     for stage, n, amount in rows:
         print(f"    {stage!s:<24} {int(n):>4} deals  {float(amount or 0):>14,.2f}")
-    (monitor_rows,) = warehouse_rows("select count(*) from marts.monitor_salesforce__volume_distribution", env)[0]
-    print(f"  info monitors recorded so far: {monitor_rows} rows in marts.monitor_salesforce__volume_distribution")
+    monitor = "marts.monitor_salesforce__volume_distribution"
+    (monitor_rows,) = warehouse_rows(f"select count(*) from {monitor}", env)[0]
+    print(f"  info monitors recorded so far: {monitor_rows} rows in {monitor}")
     state = last_success()
     if state is None:
         return
