@@ -297,8 +297,8 @@ class DbtInvoker:
         exc = state.outcome.exception() if state.outcome else None
         reason = (getattr(exc, "message", None) or str(exc)).splitlines()[0] if exc else "unknown"
         wait = state.next_action.sleep if state.next_action else 0
-        self._say(f"Transient dbt failure (attempt {state.attempt_number} of {self.retry_limit + 1}): "
-                  f"{reason}; retrying in {wait:.1f}s")
+        log.warning("Transient dbt failure (attempt %d of %d): %s; retrying in %.1fs",
+                    state.attempt_number, self.retry_limit + 1, reason, wait)
 
     def _attempt(self, call: DbtCall, shown: str, command: DbtCommand, target_dir: Path,
                  secrets: list[str], attempt: int) -> DbtTaskResult:
