@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 _SCRATCH = Path(tempfile.mkdtemp(prefix="dlh-tests-"))
 os.environ["AIRFLOW_HOME"] = str(_SCRATCH / "airflow")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "tests" / "dags")
+sys.path.insert(0, str(REPO / "tests" / "dags"))  # as Airflow does for a DAGs folder
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["DLH_DBT_RUNTIME_ROOT"] = str(_SCRATCH / "dbt-runtime")
