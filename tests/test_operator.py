@@ -137,9 +137,10 @@ def test_build_success(dags: Any, mode: str, warehouse: str,
 
 
 @pytest.mark.parametrize("mode", ["sync", "deferred"])
-def test_failing_model_fails_the_task_with_the_node(dags: Any, mode: str,
+@pytest.mark.parametrize("warehouse", ["duck", "pg"])
+def test_failing_model_fails_the_task_with_the_node(dags: Any, mode: str, warehouse: str,
                                                     capfd: pytest.CaptureFixture[str]) -> None:
-    dr, log = _run_logged(dags, f"duck_{mode}_failing_model", capfd)
+    dr, log = _run_logged(dags, f"{warehouse}_{mode}_failing_model", capfd)
     assert dr.state == "failed"
     failure = _failure(dr.dag_id)
     assert failure["type"] == "DbtRuntimeException"

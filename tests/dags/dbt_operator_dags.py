@@ -45,8 +45,9 @@ for mode, deferrable in (("sync", False), ("deferred", True)):
         _dag(f"{warehouse}_{mode}_build", command="build", conn_id=f"{warehouse}_ops", deferrable=deferrable,
              upload_artifacts=True, artifacts_destination=f"file://{UPLOADS}",
              dbt_docs_url="https://docs.example.com/dbt", artifacts_url="https://artifacts.example.com/dbt")
-    _dag(f"duck_{mode}_failing_model", command="build", conn_id="duck_ops", deferrable=deferrable,
-         select=["boom", "+stg_customers"], vars={"boom": True})
+    for warehouse in ("duck", "pg"):
+        _dag(f"{warehouse}_{mode}_failing_model", command="build", conn_id=f"{warehouse}_ops",
+             deferrable=deferrable, select=["boom", "+stg_customers"], vars={"boom": True})
     _dag(f"pg_{mode}_timeout", command="build", conn_id="pg_ops", deferrable=deferrable, exclude="test_type:data",
          select="+slow_model", vars={"slow_seconds": 120}, timeout=8, cancel_grace=10,
          keep_target_artifacts=False)
