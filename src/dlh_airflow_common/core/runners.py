@@ -100,6 +100,10 @@ class SubprocessRunner:
         inherit_env: bool = True,
     ) -> None:
         self.executable = resolve_dbt_executable(venv_path, executable)
+        # dbt installed beside this Python: start it through our entry, which streams only the
+        # events we read (cheaper than dbt's JSON console log); any other dbt runs as its CLI.
+        self._entry = venv_path is None and executable is None and \
+            Path(self.executable).parent == Path(sys.executable).parent
         self.cancel_grace = cancel_grace
         self.inherit_env = inherit_env
         self._proc: subprocess.Popen[str] | None = None
@@ -126,10 +130,15 @@ class SubprocessRunner:
             timeout: float | None = None) -> RunnerResult:
         self._cancelled.clear()
         timed_out = threading.Event()
+        if self._entry:
+            argv = [sys.executable, "-m", "dlh_airflow_common._dbt_entry", *call.args]
+            env = {**self._environment(call.env), "DBT_LOG_FORMAT": "text", "DBT_QUIET": "true"}
+        else:
+            argv, env = [self.executable, *call.args], self._environment(call.env)
         proc = subprocess.Popen(
-            [self.executable, *call.args],
+            argv,
             cwd=call.cwd,
-            env=self._environment(call.env),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

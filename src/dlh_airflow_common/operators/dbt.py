@@ -365,6 +365,8 @@ class DbtOperator(BaseOperator):
             from dlh_airflow_common.lineage import build_operator_lineage
         except ImportError:
             return None  # the openlineage extra is not installed
+        if ol_conf.is_disabled():
+            return None  # no transport configured: parsing the manifest would be wasted time
         try:
             ti = context["ti"]
             parent = ParentRunMetadata(run_id=macros.lineage_run_id(ti), job_name=macros.lineage_job_name(ti),

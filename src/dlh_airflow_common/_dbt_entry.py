@@ -1,0 +1,38 @@
+"""Child-process entry for dbt: prints only the events the parent consumes, as JSON lines.
+
+`dbt --log-format json` serialises every event, debug ones included, before filtering by level; on
+large projects that costs seconds per build. Here dbt's console stays quiet (text) and a dbtRunner
+callback writes info/warn/error events only. The dbt log file is unchanged. This module must stay
+import-light: it is started once per dbt command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+_LEVELS = {"info", "warn", "error"}
+
+
+def _emit(msg: Any) -> None:
+    if msg.info.level not in _LEVELS:
+        return
+    from google.protobuf.json_format import MessageToDict
+
+    sys.stdout.write(json.dumps(MessageToDict(msg, preserving_proto_field_name=True)) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str]) -> int:
+    from dbt.cli.main import dbtRunner
+
+    result = dbtRunner(callbacks=[_emit]).invoke(argv)
+    if result.exception is not None:
+        sys.stderr.write(f"{type(result.exception).__name__}: {result.exception}\n")
+        return 2
+    return 0 if result.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
