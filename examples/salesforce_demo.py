@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -171,8 +172,9 @@ def main() -> int:
     run_pipeline("run 3: late edits", env)
     print("  models rebuilt: " + ", ".join(n.split(".")[-1] for n in rebuilt_nodes()))
     report(env)
-    print(f"\ndemo finished in {time.monotonic() - started:.0f}s; warehouse: "
-          f"{os.environ.get('DEMO_WAREHOUSE_URI') or WORK / 'warehouse.duckdb'}")
+    uri = os.environ.get("DEMO_WAREHOUSE_URI")
+    where = re.sub(r"//[^@/]*@", "//***@", uri) if uri else str(WORK / "warehouse.duckdb")  # no password
+    print(f"\ndemo finished in {time.monotonic() - started:.0f}s; warehouse: {where}")
     ok = bool(skipped)
     return 0 if ok else 1
 
