@@ -318,7 +318,7 @@ def report(results: dict[str, list[Sample]], max_ratio: float) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="timed builds per variant (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed builds per variant (default 5)")
     parser.add_argument("--models", type=int, default=500, help="models in the project (default 500)")
     parser.add_argument("--threads", type=int, default=PROFILE_THREADS,
                         help=f"dbt threads on both sides (default {PROFILE_THREADS})")
@@ -353,10 +353,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "operator execute()", "operator dag.test()"]
         results: dict[str, list[Sample]] = {name: [] for name in variants}
         for i in range(args.repeat + 1):  # round 0 warms both sides (full parse, views created)
+            # Alternate who goes first: a machine that slows down or speeds up within a round
+            # (other load, page cache, CPU boost) must not favour one side.
+            if i % 2:
+                test_wall, execute = operator_build(dag, log_file)
             bare = bare_build(bare_project, profiles_dir, args.threads, json_logs=False)
             bare_json = (bare_build(bare_project, profiles_dir, args.threads, json_logs=True)
                          if args.bare_json_logs else None)
-            test_wall, execute = operator_build(dag, log_file)
+            if not i % 2:
+                test_wall, execute = operator_build(dag, log_file)
             label = "warm-up" if i == 0 else f"round {i}/{args.repeat}"
             print(f"{label}: bare {bare.wall:.2f}s, operator execute() {execute.wall:.2f}s "
                   f"(dbt process {execute.phases['dbt process']:.2f}s), dag.test() {test_wall.wall:.2f}s"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,30 @@ def test_kept_artifacts_are_readable_through_the_hook(demo_project: Path, duck_c
     hook.run_dbt_task("source freshness")
     assert [r["unique_id"] for r in hook.get_sources()["results"]] == ["source.demo.shop.raw_orders"]
     assert hook.last_result is not None and hook.last_result.summary.counts == {"pass": 1}
+
+
+def test_debug_log_file_is_written_only_when_someone_can_read_it(demo_project: Path, duck_conn_id: str,
+                                                               runtime_root: Path) -> None:
+    """dbt.log dies with the run dir unless kept: writing it would only cost time."""
+    seen: dict[str, str] = {}
+
+    def peek(label: str) -> Callable[[Path, object], None]:
+        def callback(target: Path, _result: object) -> None:
+            log_file = target.parent / "logs" / "dbt.log"
+            seen[label] = log_file.read_text() if log_file.exists() else ""
+        return callback
+
+    _hook(demo_project, duck_conn_id, runtime_root, artifacts_callback=peek("default")).run_dbt_task("deps")
+    _hook(demo_project, duck_conn_id, runtime_root, artifacts_callback=peek("default")).run_dbt_task("parse")
+    _hook(demo_project, duck_conn_id, runtime_root, artifacts_callback=peek("asked"),
+          env_vars={"DBT_LOG_LEVEL_FILE": "debug"}).run_dbt_task("parse")
+    kept = _hook(demo_project, duck_conn_id, runtime_root, keep_target_artifacts=True)
+    result = kept.run_dbt_task("parse")
+    assert result.target_dir is not None
+    debug_line = "running dbt with arguments"  # a debug-level event of every dbt command
+    assert seen["default"] == ""
+    assert debug_line in seen["asked"]
+    assert debug_line in (result.target_dir.parent / "logs" / "dbt.log").read_text()
 
 
 def test_schema_override_routes_models_without_touching_the_project(demo_project: Path, tmp_path: Path,

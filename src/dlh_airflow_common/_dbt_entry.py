@@ -2,7 +2,7 @@
 
 `dbt --log-format json` serialises every event, debug ones included, before filtering by level; on
 large projects that costs seconds per build. Here dbt's console stays quiet (text) and a dbtRunner
-callback writes info/warn/error events only. The dbt log file is unchanged. This module must stay
+callback writes info/warn/error events only. This module must stay
 import-light: it is started once per dbt command.
 """
 
