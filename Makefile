@@ -25,3 +25,4 @@ demo-core: install
 
 bench: install
 	$(UV) run --frozen python bench/partial_parse.py
+	$(UV) run --frozen python bench/operator_build.py

@@ -7,7 +7,9 @@ run, so partial parsing is warm on both. The operator runs through ``dag.test()`
 and the phases inside it are timed by wrapping library functions in this process (nothing in the
 library is changed). Exits 1 when the median ``execute()`` wall / median bare wall exceeds
 ``--max-ratio``. CPU seconds (this process plus its finished children, i.e. dbt) are shown too:
-on a shared, busy machine they move much less than wall time.
+on a shared, busy machine they move much less than wall time. By default the operator, like every
+run whose artifacts are removed, skips dbt's debug dbt.log that bare dbt writes;
+``--keep-target-artifacts`` makes it keep (and write) both, for a like-for-like comparison.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ from airflow.sdk import DAG
 from dlh_airflow_common.operators.dbt import DbtOperator
 
 with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
-    DbtOperator(task_id="build", command="build", dbt_project_dir={project!r}, conn_id={conn_id!r})
+    DbtOperator(task_id="build", command="build", dbt_project_dir={project!r}, conn_id={conn_id!r},
+                keep_target_artifacts={keep!r})
 '''
 
 
@@ -145,13 +148,13 @@ def bare_build(project: Path, profiles_dir: Path, threads: int, json_logs: bool)
 
 
 # -- Airflow + DbtOperator ----------------------------------------------------------------------------
-def configure_airflow(base: Path, project: Path, warehouse: Path, threads: int) -> Path:
+def configure_airflow(base: Path, project: Path, warehouse: Path, threads: int, keep: bool) -> Path:
     """Environment for Airflow and the library; must run before anything imports Airflow."""
     if any(name == "airflow" or name.startswith("airflow.") for name in sys.modules):
         raise RuntimeError("Airflow was imported before its environment was set")
     dags = base / "dags"
     dags.mkdir()
-    (dags / "bench_dag.py").write_text(DAG_TEMPLATE.format(dag_id=DAG_ID, project=str(project),
+    (dags / "bench_dag.py").write_text(DAG_TEMPLATE.format(dag_id=DAG_ID, project=str(project), keep=keep,
                                                            conn_id=CONN_ID))
     os.environ.update({
         "AIRFLOW_HOME": str(base / "airflow"),
@@ -326,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="goal for operator execute()/bare median wall (default 1.05)")
     parser.add_argument("--bare-json-logs", action="store_true",
                         help="also time bare dbt with the library's JSON log settings")
+    parser.add_argument("--keep-target-artifacts", action="store_true",
+                        help="operator keeps target and the debug dbt.log, as bare dbt does (like for like)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (task logs, projects)")
     args = parser.parse_args(argv)
 
@@ -335,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         project = make_buildable(generate_project(base / "project", models=args.models))
         bare_project = Path(shutil.copytree(project, base / "bare_project"))
         profiles_dir = write_profiles(base / "profiles", base / "bare.duckdb")
-        dags_folder = configure_airflow(base, project, base / "operator.duckdb", args.threads)
+        dags_folder = configure_airflow(base, project, base / "operator.duckdb", args.threads,
+                                        args.keep_target_artifacts)
 
         from airflow.dag_processing.dagbag import DagBag
         from airflow.utils import db
