@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from dlh_airflow_common.core.exceptions import DbtCancelledException
 from dlh_airflow_common.operators.dbt import DbtOperator
 from tests.conftest import _SCRATCH, CANARY, REPO
-from tests.pgserver import PgServer
+from tests.pgserver import PgServer, free_port
 
 DAG_FILE = REPO / "tests" / "dags" / "dbt_operator_dags.py"
 RUNTIME = Path(os.environ["DLH_DBT_RUNTIME_ROOT"])
@@ -32,6 +32,9 @@ def dags(ops_project: Path, pg: PgServer) -> Any:
 
     os.environ["AIRFLOW_CONN_DUCK_OPS"] = json.dumps(
         {"conn_type": "duckdb", "host": str(_SCRATCH / "ops.duckdb"), "extra": {"threads": 4}})
+    os.environ["AIRFLOW_CONN_PG_REFUSED"] = json.dumps(
+        {"conn_type": "postgres", "host": "127.0.0.1", "port": free_port(), "login": "dbt_user",
+         "password": CANARY, "schema": "warehouse", "extra": {"connect_timeout": 2}})
     os.environ["AIRFLOW_CONN_PG_OPS"] = json.dumps(
         {"conn_type": "postgres", "host": "127.0.0.1", "port": pg.port, "login": "dbt_user",
          "password": CANARY, "schema": "warehouse", "extra": {"schema": "ops"}})
@@ -286,16 +289,18 @@ def test_lineage_of_a_build_names_input_and_output_tables(dags: Any) -> None:
     """OpenLineage facets for the task come from the run's own manifest and run_results."""
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    captured: dict[str, Any] = {}
-    original = DbtOperator._build_lineage
+    from dlh_airflow_common.operators import reporting
 
-    def spy(self: DbtOperator, context: Any, artifacts: Path) -> Any:
-        captured["lineage"] = original(self, context, artifacts)
+    captured: dict[str, Any] = {}
+    original = reporting.task_lineage
+
+    def spy(ti: Any, artifacts: Path, profile_output: dict[str, Any]) -> Any:
+        captured["lineage"] = original(ti, artifacts, profile_output)
         return captured["lineage"]
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OPENLINEAGE__TRANSPORT__TYPE", "console")  # lineage is built only when it can be sent
-        mp.setattr(DbtOperator, "_build_lineage", spy)
+        mp.setattr(reporting, "task_lineage", spy)
         dr = _run(dags, "duck_sync_build")
     assert dr.state == "success"
     assert captured["lineage"] is not None
@@ -312,23 +317,46 @@ def test_lineage_of_a_build_names_input_and_output_tables(dags: Any) -> None:
     assert {d.name for d in marts.outputs} == {"ops.main.customer_orders"}
 
 
-def test_metrics_report_duration_nodes_and_retries(dags: Any) -> None:
-    calls: list[tuple[str, str, float]] = []
+@pytest.fixture
+def metrics(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, str], float]:
+    """What the tasks send to Stats, as {(kind, name): value} (the last value of each)."""
+    calls: dict[tuple[str, str], float] = {}
 
     class Recorder:
         def timing(self, name: str, value: float, tags: Any = None) -> None:
-            calls.append(("timing", name, value))
+            calls[("timing", name)] = value
 
         def incr(self, name: str, count: int = 1, tags: Any = None) -> None:
-            calls.append(("incr", name, count))
+            calls[("incr", name)] = count
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("dlh_airflow_common.metrics._stats", lambda: Recorder())
-        dr = _run(dags, "duck_sync_build")
+    monkeypatch.setattr("dlh_airflow_common.metrics._stats", lambda: Recorder())
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["sync", "deferred"])
+def test_metrics_report_duration_nodes_and_retries(dags: Any, mode: str,
+                                                   metrics: dict[tuple[str, str], float]) -> None:
+    """Deferred mode resumes on a new operator instance: it must still report the whole run."""
+    started = time.monotonic()
+    dr = _run(dags, f"duck_{mode}_build")
+    wall = time.monotonic() - started
     assert dr.state == "success"
-    names = {(kind, name): value for kind, name, value in calls}
+    names = metrics
     assert names[("incr", "dbt.nodes.success")] == 5 and names[("incr", "dbt.nodes.warn")] == 1
     assert names[("incr", "dbt.run.success")] == 1
+    # the duration covers the dbt run (seconds), not just the resumed method (milliseconds)
+    assert 1000 < names[("timing", "dbt.run.duration")] < wall * 1000
+
+
+@pytest.mark.parametrize("mode", ["sync", "deferred"])
+def test_metrics_count_transient_retries_of_a_failed_run(dags: Any, mode: str,
+                                                        metrics: dict[tuple[str, str], float]) -> None:
+    dr = _run(dags, f"pg_{mode}_refused")
+    assert dr.state == "failed"
+    assert _failure(f"pg_{mode}_refused")["type"] == "DbtConnectionException"
+    names = metrics
+    assert names[("incr", "dbt.run.failure")] == 1
+    assert names[("incr", "dbt.run.retries")] == 1  # two attempts inside the try
     assert names[("timing", "dbt.run.duration")] > 0
 
 

@@ -15,6 +15,7 @@ Every OpenLineage / provider import is lazy so this module imports without the `
 from __future__ import annotations
 
 import json
+import logging
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
     from openlineage.client.facet_v2 import JobFacet, RunFacet
     from openlineage.common.provider.dbt.facets import ParentRunMetadata
 
-__all__ = ["build_operator_lineage"]
+__all__ = ["build_operator_lineage", "emit_node_events", "task_lineage"]
+
+log = logging.getLogger(__name__)
 
 # dbt fills these in when a profile leaves the port out; the library's namespaces need it spelled out.
 _DEFAULT_PORTS = {"postgres": 5432, "redshift": 5439}
@@ -217,3 +220,41 @@ def _processor_class() -> type[Any]:
             return events
 
     return InMemoryDbtArtifactProcessor
+
+
+def task_lineage(ti: Any, artifacts_dir: Path, profile_output: dict[str, Any]) -> Any:
+    """Lineage of one finished task try, parsed now (its artifacts are gone when OpenLineage asks).
+
+    ``None`` when the openlineage extra is missing, OpenLineage has no transport (parsing the manifest
+    would be wasted time) or the run wrote no manifest. Never raises: lineage is best-effort.
+    """
+    if not (artifacts_dir / "manifest.json").is_file():
+        return None
+    try:
+        from airflow.providers.openlineage import conf as ol_conf
+        from airflow.providers.openlineage.plugins import macros
+        from openlineage.common.provider.dbt.facets import ParentRunMetadata
+    except ImportError:
+        return None
+    if ol_conf.is_disabled():
+        return None
+    try:
+        parent = ParentRunMetadata(run_id=macros.lineage_run_id(ti), job_name=macros.lineage_job_name(ti),
+                                   job_namespace=macros.lineage_job_namespace())
+        return build_operator_lineage(artifacts_dir, job_namespace=ol_conf.namespace(), parent_run=parent,
+                                      profile_output=profile_output)
+    except Exception as exc:
+        log.warning("OpenLineage facets not built: %s", exc)
+        return None
+
+
+def emit_node_events(node_events: list[Any]) -> None:
+    """Send the per-node events through the OpenLineage listener's adapter (best-effort)."""
+    try:
+        from airflow.providers.openlineage.plugins.listener import get_openlineage_listener
+
+        adapter = get_openlineage_listener().adapter
+        for event in node_events:
+            adapter.emit(event)
+    except Exception as exc:
+        log.warning("OpenLineage per-node events not emitted: %s", exc)

@@ -51,6 +51,9 @@ for mode, deferrable in (("sync", False), ("deferred", True)):
     _dag(f"pg_{mode}_timeout", command="build", conn_id="pg_ops", deferrable=deferrable, exclude="test_type:data",
          select="+slow_model", vars={"slow_seconds": 120}, timeout=8, cancel_grace=10,
          keep_target_artifacts=False)
+    # A warehouse nobody listens on: a transient failure, retried inside the try, then failed.
+    _dag(f"pg_{mode}_refused", command="build", conn_id="pg_refused", deferrable=deferrable, retry_limit=1,
+         transient_retry_delay=0.1, select="stg_customers")
     _dag(f"duck_{mode}_retry_resume", command="build", conn_id="duck_ops", deferrable=deferrable,
          select="+flaky_child", exclude="test_type:data", vars={"flaky": True},
          env_vars={"DLH_FLAKY_CSV": FLAKY_CSV}, retries=1, retry_delay=timedelta(seconds=0),

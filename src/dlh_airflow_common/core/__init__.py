@@ -12,7 +12,8 @@ from dlh_airflow_common.core.exceptions import (
     DbtTestFailure,
     DbtTimeoutException,
 )
-from dlh_airflow_common.core.invoke import DbtCommand, DbtInvoker, DbtTaskResult, ProfileConfig
+from dlh_airflow_common.core.invoke import DbtCommand, DbtInvoker, DbtTaskResult
+from dlh_airflow_common.core.profile_setup import ProfileConfig, ResolvedProfile, resolve_profile
 from dlh_airflow_common.core.profiles import ConnectionInfo
 from dlh_airflow_common.core.runners import InProcessRunner, SubprocessRunner
 from dlh_airflow_common.core.runtime import DbtRuntime, RunIdentity, project_dir_from_dag_file
@@ -34,10 +35,12 @@ __all__ = [
     "DbtTimeoutException",
     "InProcessRunner",
     "ProfileConfig",
+    "ResolvedProfile",
     "RunIdentity",
     "RunSummary",
     "SubprocessRunner",
     "load_artifact",
     "project_dir_from_dag_file",
+    "resolve_profile",
     "summarize",
 ]

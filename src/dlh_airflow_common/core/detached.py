@@ -33,7 +33,8 @@ from typing import Any
 
 from dlh_airflow_common.core.artifacts import ARTIFACTS
 from dlh_airflow_common.core.exceptions import DbtException
-from dlh_airflow_common.core.invoke import DbtCommand, DbtInvoker, DbtTaskResult, ProfileConfig
+from dlh_airflow_common.core.invoke import DbtCommand, DbtInvoker, DbtTaskResult
+from dlh_airflow_common.core.profile_setup import ProfileConfig
 from dlh_airflow_common.core.profiles import SECRET_PREFIX, RenderedProfile
 from dlh_airflow_common.core.runners import SubprocessRunner
 from dlh_airflow_common.core.runtime import RunIdentity

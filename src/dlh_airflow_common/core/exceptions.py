@@ -27,8 +27,10 @@ class DbtException(_Base):
         failed_nodes: list[dict[str, Any]] | None = None,
         output_tail: str = "",
         summary: Any = None,
+        attempts: int = 1,
     ) -> None:
         self.message = message
+        self.attempts = attempts  # tries inside one task try (transient failures are retried)
         self.summary = summary  # the RunSummary of what did run, when dbt got that far
         self.command = command
         self.return_code = return_code
@@ -42,7 +44,7 @@ class DbtException(_Base):
         return {"type": type(self).__name__, "message": self.message, "command": self.command,
                 "return_code": self.return_code, "failed_nodes": self.failed_nodes,
                 "output_tail": self.output_tail, "summary": summary,
-                "conn_id": getattr(self, "conn_id", None)}
+                "conn_id": getattr(self, "conn_id", None), "attempts": self.attempts}
 
     def _render(self) -> str:
         parts = [self.message]
@@ -106,7 +108,7 @@ def exception_from_dict(data: dict[str, Any]) -> DbtException:
     kwargs: dict[str, Any] = {
         "command": data.get("command"), "return_code": data.get("return_code"),
         "failed_nodes": data.get("failed_nodes"), "output_tail": data.get("output_tail") or "",
-        "summary": summary,
+        "summary": summary, "attempts": int(data.get("attempts") or 1),
     }
     if issubclass(cls, DbtConnectionException):
         return cls(str(data.get("message")), conn_id=data.get("conn_id"), **kwargs)

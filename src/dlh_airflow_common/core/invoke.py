@@ -27,22 +27,14 @@ from dlh_airflow_common.core.exceptions import (
     DbtCancelledException,
     DbtConnectionException,
     DbtException,
-    DbtProfileException,
     DbtRuntimeException,
     DbtTestFailure,
     DbtTimeoutException,
 )
-from dlh_airflow_common.core.profiles import (
-    SECRET_PREFIX,
-    ConnectionInfo,
-    ProfilesDir,
-    RenderedProfile,
-    check_user_profiles_dir,
-    render_profile,
-    user_profile_with_schema,
-)
+from dlh_airflow_common.core.profile_setup import ProfileConfig, plain_env, resolve_profile
+from dlh_airflow_common.core.profiles import ProfilesDir
 from dlh_airflow_common.core.runners import DbtCall, Runner, RunnerResult, SubprocessRunner
-from dlh_airflow_common.core.runtime import DbtRuntime, RunIdentity, _read_project_yml, validate_project_dir
+from dlh_airflow_common.core.runtime import DbtRuntime, RunIdentity, validate_project_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +75,6 @@ class DbtCommand:
         if self.full_refresh:
             args.append("--full-refresh")
         return [*args, *self.extra_args]
-
-
-@dataclass(frozen=True)
-class ProfileConfig:
-    """Where dbt's profile comes from: an Airflow connection (rendered) or the user's profiles dir."""
-
-    connection: ConnectionInfo | None = None
-    rendered: RenderedProfile | None = None  # already built elsewhere (a detached run gets this)
-    profiles_dir: str | None = None
-    profile_name: str | None = None
-    target_name: str | None = None
-    schema_override: str | None = None
 
 
 @dataclass
@@ -163,9 +143,7 @@ class DbtInvoker:
         self.partial_parse = partial_parse
         self.artifacts_callback = artifacts_callback
         self.runtime: DbtRuntime | None = None
-        if profile.profiles_dir is None and profile.connection is None and profile.rendered is None:
-            raise DbtProfileException("No profile given: pass conn_id (an Airflow connection) or "
-                                      "profiles_dir")
+        profile.check()
 
     def _keeps_log_file(self) -> bool:
         """Whether dbt.log outlives the run (kept artifacts) or the user chose its level."""
@@ -175,25 +153,8 @@ class DbtInvoker:
     # -- public -------------------------------------------------------------------------------
     def invoke(self, command: DbtCommand) -> DbtTaskResult:
         """Run ``command``; raise a classified :class:`DbtException` unless it succeeded."""
-        rendered = self.profile.rendered
-        if rendered is None and self.profile.connection is not None:
-            rendered = render_profile(
-                self.profile.connection,
-                profile_name=self.profile.profile_name or self._project_profile_name(),
-                target_name=self.profile.target_name or "airflow",
-                schema_override=self.profile.schema_override,
-            )
-        user_profiles = (check_user_profiles_dir(self.profile.profiles_dir)
-                         if rendered is None and self.profile.profiles_dir else None)
-        if user_profiles is not None and self.profile.schema_override:
-            # Route models to another schema without touching the user's file: a private copy.
-            rendered = user_profile_with_schema(user_profiles, self.profile.profile_name
-                                                or self._project_profile_name(),
-                                                self.profile.target_name, self.profile.schema_override)
-            user_profiles = None
-        secret_env = dict(rendered.env) if rendered else {}
-        secret_env.update({k: v for k, v in self.env_vars.items() if k.startswith(SECRET_PREFIX)})
-        secrets = list(secret_env.values())
+        setup = resolve_profile(self.profile, self.project_dir, self.env_vars)
+        secrets = setup.secrets
         is_deps = command.words[:1] == ["deps"]
         runtime = DbtRuntime.create(
             self.project_dir,
@@ -208,13 +169,14 @@ class DbtInvoker:
         result: DbtTaskResult | None = None
         attempts = 0
         try:
-            profiles_holder = ProfilesDir(rendered, parent=runtime.run_dir) if rendered else None
+            profiles_holder = ProfilesDir(setup.rendered, parent=runtime.run_dir) if setup.rendered else None
             try:
                 env = {
-                    **{k: v for k, v in self.env_vars.items() if not k.startswith(SECRET_PREFIX)},
-                    **secret_env,
+                    **plain_env(self.env_vars),
+                    **setup.secret_env,
                     "DBT_PROJECT_DIR": str(runtime.shadow_dir),
-                    "DBT_PROFILES_DIR": str(profiles_holder.path if profiles_holder else user_profiles),
+                    "DBT_PROFILES_DIR": str(profiles_holder.path if profiles_holder
+                                            else setup.user_profiles_dir),
                     "DBT_TARGET_PATH": str(target_dir),
                     "DBT_LOG_PATH": str(runtime.log_dir),
                 }
@@ -222,15 +184,13 @@ class DbtInvoker:
                     # dbt.log is removed with the run dir: writing its ~20 debug lines per node
                     # costs ~10% of a build. Our own event stream still reaches the task log.
                     env["DBT_LOG_LEVEL_FILE"] = "none"
-                profile_name = rendered.profile_name if rendered else self.profile.profile_name
-                target_name = rendered.target_name if rendered else self.profile.target_name
-                if profile_name:
-                    env["DBT_PROFILE"] = profile_name
-                if target_name:
-                    env["DBT_TARGET"] = target_name
+                if setup.profile_name:
+                    env["DBT_PROFILE"] = setup.profile_name
+                if setup.target_name:
+                    env["DBT_TARGET"] = setup.target_name
                 if self.partial_parse:
-                    runtime.seed_partial_parse(self._parse_key(command, profile_name, target_name),
-                                               target_dir)
+                    runtime.seed_partial_parse(
+                        self._parse_key(command, setup.profile_name, setup.target_name), target_dir)
                 call = DbtCall(command.argv(), env, runtime.shadow_dir)
                 shown = redact(self.runner.describe(call.args), secrets)
 
@@ -275,9 +235,6 @@ class DbtInvoker:
     def _say(self, line: str) -> None:
         """Lines for the person reading the task log: to the caller's sink, else this module's log."""
         (self.progress or log.info)(line)
-
-    def _project_profile_name(self) -> str:
-        return str(_read_project_yml(self.project_dir).get("profile") or "default")
 
     def _parse_key(self, command: DbtCommand, profile: str | None, target: str | None) -> str:
         """One cache entry per profile/target/vars, so different targets never evict each other.
@@ -338,7 +295,8 @@ class DbtInvoker:
         failed = [{**f, "message": redact(f["message"], secrets)} for f in summary.failures]
         tail = collector.output_tail()
         details: dict[str, Any] = {"command": shown, "return_code": outcome.return_code,
-                                   "failed_nodes": failed, "output_tail": tail, "summary": summary}
+                                   "failed_nodes": failed, "output_tail": tail, "summary": summary,
+                                   "attempts": attempt}
         if outcome.cancelled:
             done = summary.counts.get("success", 0) + summary.counts.get("pass", 0)
             cls = DbtTimeoutException if outcome.timed_out else DbtCancelledException

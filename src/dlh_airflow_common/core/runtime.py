@@ -99,6 +99,11 @@ def _read_project_yml(project_dir: Path) -> dict[str, Any]:
     return data
 
 
+def project_profile_name(project_dir: Path) -> str:
+    """The profile the project asks for in its dbt_project.yml (dbt's default: ``default``)."""
+    return str(_read_project_yml(project_dir).get("profile") or "default")
+
+
 def _local_package_paths(project_dir: Path) -> list[str]:
     """Relative ``local:`` package paths, which must resolve from the shadow as from the project."""
     found: list[str] = []

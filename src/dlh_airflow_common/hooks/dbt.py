@@ -12,13 +12,8 @@ from airflow.sdk import BaseHook
 
 from dlh_airflow_common.core.artifacts import load_catalog, load_manifest, load_run_results, load_sources
 from dlh_airflow_common.core.exceptions import DbtProfileException
-from dlh_airflow_common.core.invoke import (
-    ArtifactsCallback,
-    DbtCommand,
-    DbtInvoker,
-    DbtTaskResult,
-    ProfileConfig,
-)
+from dlh_airflow_common.core.invoke import ArtifactsCallback, DbtCommand, DbtInvoker, DbtTaskResult
+from dlh_airflow_common.core.profile_setup import ProfileConfig, ResolvedProfile, resolve_profile
 from dlh_airflow_common.core.profiles import ConnectionInfo
 from dlh_airflow_common.core.runners import InProcessRunner, Runner, SubprocessRunner
 from dlh_airflow_common.core.runtime import RunIdentity
@@ -89,11 +84,14 @@ class DbtHook(BaseHook):
         self.partial_parse = partial_parse
         self.last_result: DbtTaskResult | None = None
         self._invoker: DbtInvoker | None = None
+        self._connection: ConnectionInfo | None = None
 
     # -- connections ---------------------------------------------------------------------------
     def get_connection_info(self) -> ConnectionInfo:
-        """The Airflow connection as the core sees it; a missing one says how to create it."""
+        """The Airflow connection as the core sees it (looked up once); a missing one says how to fix."""
         assert self.conn_id
+        if self._connection is not None:
+            return self._connection
         try:
             conn = self.get_connection(self.conn_id)
         except AirflowNotFoundException:
@@ -101,7 +99,7 @@ class DbtHook(BaseHook):
                 f"Airflow connection {self.conn_id!r} is not defined; create it (UI, `airflow connections "
                 f"add {self.conn_id} ...` or AIRFLOW_CONN_{self.conn_id.upper()}) or fix conn_id"
             ) from None
-        return ConnectionInfo(
+        self._connection = ConnectionInfo(
             conn_id=self.conn_id,
             conn_type=conn.conn_type or "",
             host=conn.host,
@@ -111,6 +109,22 @@ class DbtHook(BaseHook):
             schema=conn.schema,
             extra=conn.extra_dejson or {},
         )
+        return self._connection
+
+    def profile_config(self) -> ProfileConfig:
+        """Where this hook's profile comes from; every mode (sync, detached, lineage) starts here."""
+        connection = self.get_connection_info() if self.conn_id else None
+        return ProfileConfig(
+            connection=connection,
+            profiles_dir=None if connection else self.profiles_dir,
+            profile_name=self.profile_name,
+            target_name=self.target,
+            schema_override=self.schema_override,
+        )
+
+    def resolve_profile(self) -> ResolvedProfile:
+        """The rendered profile and its secret environment, as a dbt process of this hook gets them."""
+        return resolve_profile(self.profile_config(), self.dbt_project_dir, self.env_vars)
 
     def _runner(self) -> Runner:
         if self.in_process:
@@ -129,17 +143,9 @@ class DbtHook(BaseHook):
         extra_args: Sequence[str] = (),
     ) -> DbtTaskResult:
         """Run one dbt command; raises a classified DbtException when it fails."""
-        connection = self.get_connection_info() if self.conn_id else None
-        profile = ProfileConfig(
-            connection=connection,
-            profiles_dir=None if connection else self.profiles_dir,
-            profile_name=self.profile_name,
-            target_name=self.target,
-            schema_override=self.schema_override,
-        )
         self._invoker = DbtInvoker(
             self.dbt_project_dir,
-            profile,
+            self.profile_config(),
             runner=self._runner(),
             runtime_root=self.runtime_root,
             identity=self.identity,

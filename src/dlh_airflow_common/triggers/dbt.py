@@ -31,6 +31,7 @@ class DbtExecutionTrigger(BaseTrigger):
         cancel_grace: float = 30.0,
         heartbeat_timeout: float = 120.0,
         visibility_timeout: float = 60.0,
+        started_at: float | None = None,
     ) -> None:
         super().__init__()
         self.control_dir = control_dir
@@ -39,6 +40,7 @@ class DbtExecutionTrigger(BaseTrigger):
         self.cancel_grace = cancel_grace
         self.heartbeat_timeout = heartbeat_timeout
         self.visibility_timeout = visibility_timeout
+        self.started_at = started_at  # when the task started (wall clock): the resumed task's duration
         self._progress_offset = 0
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -51,6 +53,7 @@ class DbtExecutionTrigger(BaseTrigger):
                 "cancel_grace": self.cancel_grace,
                 "heartbeat_timeout": self.heartbeat_timeout,
                 "visibility_timeout": self.visibility_timeout,
+                "started_at": self.started_at,
             },
         )
 
@@ -67,7 +70,7 @@ class DbtExecutionTrigger(BaseTrigger):
             if status is None:
                 if time.monotonic() - started > self.visibility_timeout:
                     yield TriggerEvent({
-                        "status": "error", "control_dir": self.control_dir,
+                        "status": "error", "control_dir": self.control_dir, "started_at": self.started_at,
                         "message": (
                             f"The triggerer cannot see {ctl.status}. Deferrable dbt needs the runtime "
                             "root on a volume shared by workers and triggerers (or one host); mount it "
@@ -117,7 +120,8 @@ class DbtExecutionTrigger(BaseTrigger):
         tail = self._ctl.progress_tail()
         if tail:
             message += f"\n--- last output of the run ---\n{tail}"
-        return TriggerEvent({"status": "error", "control_dir": self.control_dir, "message": message})
+        return TriggerEvent({"status": "error", "control_dir": self.control_dir, "message": message,
+                             "started_at": self.started_at})
 
     def _event(self, status: dict[str, Any], state: str | None = None) -> TriggerEvent:
         return TriggerEvent({
@@ -126,6 +130,7 @@ class DbtExecutionTrigger(BaseTrigger):
             "result": status.get("result"),
             "error": status.get("error"),
             "host": status.get("host"),
+            "started_at": self.started_at,
         })
 
     async def _cancel_and_wait(self) -> dict[str, Any] | None:

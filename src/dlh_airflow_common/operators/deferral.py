@@ -1,0 +1,74 @@
+"""Deferrable mode: start dbt detached on the worker host, then rebuild its outcome from the event.
+
+The spec written for the supervisor holds no secret values: the profile document references
+``DBT_ENV_SECRET_*`` variables, which travel only in the supervisor's environment.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlh_airflow_common.core.detached import ControlDir, DetachedSpec, launch
+from dlh_airflow_common.core.exceptions import DbtException, DbtTimeoutException, exception_from_dict
+from dlh_airflow_common.core.invoke import DbtCommand
+from dlh_airflow_common.core.profile_setup import ResolvedProfile, plain_env
+from dlh_airflow_common.core.runtime import RunIdentity
+
+
+@dataclass(frozen=True)
+class DetachedRun:
+    """What the operator passes to start one detached dbt command."""
+
+    project_dir: str
+    runtime_root: Path
+    command: DbtCommand
+    identity: RunIdentity
+    profile: ResolvedProfile
+    env_vars: dict[str, str]
+    keep_target_artifacts: bool = False
+    target_path: str | None = None
+    retry_limit: int = 0
+    retry_delay: float = 1.0
+    venv_path: str | None = None
+    dbt_executable: str | None = None
+    cancel_grace: float = 30.0
+
+    def launch(self) -> ControlDir:
+        """Write the spec (0600, in a 0700 control dir) and start the supervisor; return its dir."""
+        c, ident, profile = self.command, self.identity, self.profile
+        spec = DetachedSpec(
+            project_dir=self.project_dir, runtime_root=str(self.runtime_root),
+            command={"command": c.command, "select": c.select, "exclude": c.exclude, "selector": c.selector,
+                     "vars": c.vars, "full_refresh": c.full_refresh, "extra_args": list(c.extra_args)},
+            identity={"dag_id": ident.dag_id, "task_id": ident.task_id, "try_number": ident.try_number},
+            profile_name=profile.profile_name, target_name=profile.target_name,
+            profile_document=profile.rendered.document if profile.rendered else None,
+            profiles_dir=str(profile.user_profiles_dir) if profile.user_profiles_dir else None,
+            keep_target_artifacts=self.keep_target_artifacts, target_path=self.target_path,
+            retry_limit=self.retry_limit, retry_delay=self.retry_delay, env_vars=plain_env(self.env_vars),
+            venv_path=self.venv_path, dbt_executable=self.dbt_executable, cancel_grace=self.cancel_grace,
+        )
+        return launch(spec, self.runtime_root / "deferred", profile.secret_env)
+
+
+def trigger_deadline(timeout: float | None) -> float | None:
+    return time.time() + timeout if timeout else None
+
+
+def exception_from_event(event: dict[str, Any], command: str, timeout: float | None) -> DbtException:
+    """The same exception a synchronous run of the command would have raised."""
+    status = event.get("status")
+    error = event.get("error")
+    if status == "timeout":
+        base = exception_from_dict(error) if error else None
+        return DbtTimeoutException(
+            f"dbt {command} timed out after {timeout or 0:.0f}s and was cancelled",
+            command=base.command if base else None, return_code=base.return_code if base else None,
+            failed_nodes=base.failed_nodes if base else None,
+            output_tail=base.output_tail if base else "", summary=base.summary if base else None)
+    if error:
+        return exception_from_dict(error)
+    return DbtException(str(event.get("message") or f"dbt run ended with status {status!r}"))

@@ -1,0 +1,71 @@
+"""What a failed try leaves for the next one, so an Airflow retry re-runs only what failed.
+
+A failed ``build``/``run``/``test``/``seed``/``snapshot`` keeps its run_results and manifest under
+``<runtime root>/retry_state/<dag>/<task>/<run>/``; the next try runs ``dbt retry --state`` there.
+A host without that state (another worker, no shared volume) runs the full command again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlh_airflow_common.core.detached import copy_artifacts
+
+log = logging.getLogger(__name__)
+
+# Commands whose failed nodes `dbt retry` can resume.
+RESUMABLE = {"build", "run", "test", "seed", "snapshot"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The command a try runs: the task's own, or ``retry`` with the previous try's state."""
+
+    command: str
+    extra_args: list[str]
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class RetryState:
+    """The state folder of one task in one DAG run."""
+
+    path: Path
+
+    @classmethod
+    def for_task(cls, root: Path, ti: Any) -> RetryState:
+        run = re.sub(r"[^A-Za-z0-9_-]", "_", str(ti.run_id))
+        return cls(root / "retry_state" / ti.dag_id / ti.task_id / run)
+
+    @staticmethod
+    def resumable(command: str) -> bool:
+        words = command.split()
+        return bool(words) and words[0] in RESUMABLE
+
+    def plan(self, command: str, extra_args: Sequence[str] | str, try_number: int, enabled: bool,
+             task_log: logging.Logger | Any = log) -> Plan:
+        """The command for this try; ``task_log`` tells the reader of the task log which one and why."""
+        if enabled and try_number > 1 and self.resumable(command):
+            if (self.path / "run_results.json").is_file():
+                task_log.info("Try %s resumes the previous try's failure with `dbt retry`: only failed and "
+                         "skipped nodes run (state in %s)", try_number, self.path)
+                return Plan("retry", ["--state", str(self.path)], True)
+            task_log.info("No state from a previous try on this host (%s); running the full command",
+                          self.path)
+        extra = shlex.split(extra_args) if isinstance(extra_args, str) else list(extra_args)
+        return Plan(command, extra, False)
+
+    def save(self, artifacts: Path) -> None:
+        """Keep a failed try's artifacts for the next try's ``dbt retry``."""
+        if (artifacts / "run_results.json").is_file():
+            copy_artifacts(artifacts, self.path)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -1,0 +1,61 @@
+"""Deployment settings a dbt task reads from its environment or airflow.cfg, and the checks on them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from airflow.sdk import conf
+
+from dlh_airflow_common.core.exceptions import DbtException, DbtProjectException
+from dlh_airflow_common.core.runtime import default_runtime_root
+
+SHARED_ROOT_ENV = "DLH_DBT_SHARED_RUNTIME_ROOT"
+PROJECT_DIR_ENV = "DLH_DBT_PROJECT_DIR"
+
+
+def default_deferrable() -> bool:
+    """``[operators] default_deferrable``, as Airflow's own deferrable operators read it."""
+    return bool(conf.getboolean("operators", "default_deferrable", fallback=False))
+
+
+def shared_root_declared() -> bool:
+    """Whether the deployment says the runtime root is one volume seen by workers and triggerers."""
+    if os.environ.get(SHARED_ROOT_ENV, "").strip().lower() in {"1", "true", "yes"}:
+        return True
+    return bool(conf.getboolean("dlh_dbt", "shared_runtime_root", fallback=False))
+
+
+def runtime_root(given: str | None) -> Path:
+    return Path(given) if given else default_runtime_root()
+
+
+def project_dir(task_id: str, given: str | None) -> str:
+    """The task's dbt project: its argument, else ``$DLH_DBT_PROJECT_DIR``, else ``[dlh_dbt] project_dir``."""
+    project = given or os.environ.get(PROJECT_DIR_ENV) or conf.get("dlh_dbt", "project_dir", fallback=None)
+    if not project:
+        raise DbtProjectException(
+            f"No dbt project for task {task_id!r}: pass dbt_project_dir, or set {PROJECT_DIR_ENV} "
+            "or [dlh_dbt] project_dir"
+        )
+    return str(project)
+
+
+def check_detachable(root: Path, *, in_process: bool, what: str = "deferrable=True") -> None:
+    """Refuse, with the reason and the fix, to run dbt detached where a watcher could not see it."""
+    executor = str(conf.get("core", "executor", fallback=""))
+    if "Kubernetes" in executor:
+        raise DbtException(
+            f"{what} runs dbt as a detached process on the worker, and KubernetesExecutor "
+            "deletes the worker pod when the task defers; use deferrable=False on this executor"
+        )
+    if in_process:
+        raise DbtException(f"{what} needs a dbt process that outlives the worker; in_process=True cannot "
+                           "defer")
+    if not shared_root_declared():
+        raise DbtException(
+            f"{what} needs the runtime root {root} visible to the triggerer and to the worker that "
+            f"resumes the task. Mount it on a volume shared by workers and triggerers (on a single host "
+            f"it already is), then set {SHARED_ROOT_ENV}=true or [dlh_dbt] shared_runtime_root = True; "
+            "otherwise use deferrable=False"
+        )
