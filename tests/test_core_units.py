@@ -213,3 +213,22 @@ def test_summary_counts_warn_as_warning_not_failure() -> None:
     assert [r["unique_id"] for r in s.slowest] == [f"model.p.m{i}" for i in (6, 5, 4, 3, 2)]
     assert s.elapsed == 12.5
     assert json.loads(json.dumps(s.to_dict()))["counts"]["warn"] == 1
+
+
+def test_one_profile_path_splits_secrets_in_one_place(demo_project: Path) -> None:
+    """Every mode renders through resolve_profile; the secret prefix is spelled in one module only."""
+    from dlh_airflow_common.core.profile_setup import ProfileConfig, plain_env, resolve_profile
+
+    conn = ConnectionInfo("pg", "postgres", host="h", login="u", password="s3cret-pw", schema="db")
+    env_vars = {"DBT_ENV_SECRET_TOKEN": "tok-123", "PLAIN": "1"}
+    setup = resolve_profile(ProfileConfig(connection=conn, schema_override="other"), demo_project, env_vars)
+    assert setup.profile_name == "demo" and setup.target_name == "airflow"  # from dbt_project.yml
+    assert setup.secret_env == {"DBT_ENV_SECRET_PASSWORD": "s3cret-pw", "DBT_ENV_SECRET_TOKEN": "tok-123"}
+    assert setup.output()["schema"] == "other"
+    assert "s3cret-pw" not in json.dumps(setup.rendered.document if setup.rendered else None)
+    assert plain_env(env_vars) == {"PLAIN": "1"}
+    src = Path(__file__).resolve().parent.parent / "src" / "dlh_airflow_common"
+    spelled = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "DBT_ENV_SECRET_" in p.read_text())
+    assert spelled == ["core/profiles.py"], spelled
+    with pytest.raises(DbtProfileException, match="pass conn_id"):
+        resolve_profile(ProfileConfig(), demo_project)
