@@ -126,8 +126,10 @@ class DbtInvoker:
         progress: Callable[[str], None] | None = None,
         partial_parse: bool = True,
         artifacts_callback: ArtifactsCallback | None = None,
+        event_sink: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.project_dir = validate_project_dir(project_dir)
+        self.event_sink = event_sink  # sees every dbt event (e.g. ``dbt ls`` output lines)
         self.profile = profile
         self.runner: Runner = runner or SubprocessRunner()
         self.runtime_root = runtime_root
@@ -274,7 +276,14 @@ class DbtInvoker:
             (target_dir / ("sources.json" if is_freshness else "run_results.json")).unlink()
         collector = EventCollector(progress=self.progress, secrets=secrets)
         self._say(f"Running {shown} (attempt {attempt})")
-        outcome: RunnerResult = self.runner.run(call, collector.feed, collector.feed_text, self.timeout)
+        sink = self.event_sink
+
+        def on_event(event: dict[str, Any]) -> None:
+            collector.feed(event)
+            if sink is not None:
+                sink(event)
+
+        outcome: RunnerResult = self.runner.run(call, on_event, collector.feed_text, self.timeout)
         run_results = load_run_results(target_dir) if (target_dir / "run_results.json").exists() else {}
         sources = load_sources(target_dir) if (target_dir / "sources.json").exists() else {}
         summary = summarize(sources if is_freshness else run_results)

@@ -57,6 +57,7 @@ class DbtHook(BaseHook):
         progress: Callable[[str], None] | None = None,
         artifacts_callback: ArtifactsCallback | None = None,
         partial_parse: bool = True,
+        event_sink: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         super().__init__()
         if not conn_id and not profiles_dir:
@@ -82,6 +83,7 @@ class DbtHook(BaseHook):
         self.progress = progress
         self.artifacts_callback = artifacts_callback
         self.partial_parse = partial_parse
+        self.event_sink = event_sink
         self.last_result: DbtTaskResult | None = None
         self._invoker: DbtInvoker | None = None
         self._connection: ConnectionInfo | None = None
@@ -158,6 +160,7 @@ class DbtHook(BaseHook):
             progress=self.progress,
             partial_parse=self.partial_parse,
             artifacts_callback=self.artifacts_callback,
+            event_sink=self.event_sink,
         )
         try:
             self.last_result = self._invoker.invoke(

@@ -1,0 +1,284 @@
+"""The part of dbt's manifest a DAG needs, as a small graph that is cheap to cache and load.
+
+Built from ``manifest.json`` plus the unique ids dbt itself selected (``dbt ls``); no selector
+grammar of ours. What becomes a task:
+
+- models (except ephemeral ones, which fold into their children), seeds and snapshots: one task each;
+- a test whose only parent is one such node runs inside that node's task (``dbt build`` of the node
+  with cautious indirect selection); any other test (several parents, e.g. ``relationships``, or a
+  source) gets a task of its own after all of its parents;
+- sources with a freshness rule, when asked for: a ``source freshness`` task before their readers.
+
+Edges pass through nodes that are not tasks (ephemeral or unselected), so the order is dbt's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dlh_airflow_common.core.exceptions import DbtProjectException
+
+TASK_TYPES = ("model", "seed", "snapshot")
+FORMAT_VERSION = 1
+
+
+class DbtGraphError(DbtProjectException):
+    """The selection or layer layout cannot become a DAG; the message names the nodes."""
+
+
+@dataclass
+class GraphNode:
+    """One task-to-be: a node (model/seed/snapshot), a standalone test, or a source's freshness."""
+
+    unique_id: str
+    resource_type: str  # model | seed | snapshot | test | source
+    name: str
+    package: str
+    selector: str  # what to pass to dbt --select to run exactly this node
+    path: str = ""
+    materialization: str = ""
+    upstream: list[str] = field(default_factory=list)  # unique ids of upstream graph nodes
+    tests: list[str] = field(default_factory=list)  # unique ids of tests run with this node
+    sources: list[str] = field(default_factory=list)  # sources this node reads (through ephemerals)
+    version: str | None = None
+
+
+@dataclass
+class DbtGraph:
+    """The rendered graph: ``nodes`` in dbt's topological-friendly manifest order."""
+
+    project_name: str
+    adapter_type: str
+    nodes: dict[str, GraphNode]
+    selected: list[str]  # every unique id dbt selected (tests and sources included)
+
+    # -- cache form -----------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT_VERSION, "project_name": self.project_name,
+                           "adapter_type": self.adapter_type, "selected": self.selected,
+                           "nodes": [asdict(n) for n in self.nodes.values()]})
+
+    @classmethod
+    def from_json(cls, text: str) -> DbtGraph:
+        data = json.loads(text)
+        if data.get("format") != FORMAT_VERSION:
+            raise ValueError("cached graph of another format")
+        nodes = {n["unique_id"]: GraphNode(**n) for n in data["nodes"]}
+        return cls(data["project_name"], data["adapter_type"], nodes, list(data["selected"]))
+
+    # -- views ----------------------------------------------------------------------------------
+    def edges(self) -> set[tuple[str, str]]:
+        """(upstream, downstream) pairs of unique ids."""
+        return {(up, n.unique_id) for n in self.nodes.values() for up in n.upstream}
+
+    def of_type(self, *types: str) -> list[GraphNode]:
+        return [n for n in self.nodes.values() if n.resource_type in types]
+
+
+def _fqn_selector(node: Mapping[str, Any]) -> str:
+    return "fqn:" + ".".join(str(p) for p in node.get("fqn") or [node["name"]])
+
+
+def build_graph(manifest: Mapping[str, Any], selected: Iterable[str] | None = None, *,
+                source_freshness: bool = False) -> DbtGraph:
+    """The task graph of ``selected`` (every enabled node when None) in ``manifest``."""
+    nodes: Mapping[str, Any] = manifest.get("nodes") or {}
+    sources: Mapping[str, Any] = manifest.get("sources") or {}
+    chosen = list(nodes) + list(sources) if selected is None else list(selected)
+    unknown = [u for u in chosen if u not in nodes and u not in sources]
+    task_ids = [u for u in chosen if u in nodes and _is_task_node(nodes[u])]
+    is_task = set(task_ids)
+
+    # Nearest task ancestors (and sources read) of any node, through ephemeral/unselected nodes.
+    memo: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+
+    def ancestors(uid: str, stack: frozenset[str] = frozenset()) -> tuple[frozenset[str], frozenset[str]]:
+        if uid in memo:
+            return memo[uid]
+        if uid in stack:
+            raise DbtGraphError(f"dbt's manifest has a cycle through {uid}")
+        ups: set[str] = set()
+        srcs: set[str] = set()
+        for parent in _parents(nodes.get(uid) or {}):
+            if parent in sources:
+                srcs.add(parent)
+            elif parent in is_task:
+                ups.add(parent)
+            elif parent in nodes:
+                more, more_srcs = ancestors(parent, stack | {uid})
+                ups |= more
+                srcs |= more_srcs
+        memo[uid] = (frozenset(ups), frozenset(srcs))
+        return memo[uid]
+
+    out: dict[str, GraphNode] = {}
+    for uid in task_ids:
+        node = nodes[uid]
+        ups, srcs = ancestors(uid)
+        out[uid] = GraphNode(
+            unique_id=uid, resource_type=node["resource_type"], name=node["name"],
+            package=node.get("package_name") or "", selector=_fqn_selector(node),
+            path=node.get("original_file_path") or node.get("path") or "",
+            materialization=str((node.get("config") or {}).get("materialized") or node["resource_type"]),
+            upstream=sorted(ups), sources=sorted(srcs),
+            version=None if node.get("version") is None else str(node["version"]),
+        )
+    for uid in chosen:
+        node = nodes.get(uid)
+        if node is None or node.get("resource_type") != "test":
+            continue
+        parents = list(dict.fromkeys(_parents(node)))
+        if len(parents) == 1 and parents[0] in out:
+            out[parents[0]].tests.append(uid)  # runs in its parent's `dbt build`
+            continue
+        test_ups: set[str] = set()
+        test_srcs: set[str] = set()
+        for parent in parents:
+            if parent in out:
+                test_ups.add(parent)
+            elif parent in sources:
+                test_srcs.add(parent)
+            elif parent in nodes:
+                more, more_srcs = ancestors(parent)
+                test_ups |= more
+                test_srcs |= more_srcs
+        out[uid] = GraphNode(
+            unique_id=uid, resource_type="test", name=node["name"], package=node.get("package_name") or "",
+            selector=_fqn_selector(node), path=node.get("original_file_path") or "",
+            materialization="test", upstream=sorted(test_ups), sources=sorted(test_srcs),
+        )
+    if source_freshness:
+        _add_freshness(out, sources)
+    graph = DbtGraph(
+        project_name=str((manifest.get("metadata") or {}).get("project_name") or ""),
+        adapter_type=str((manifest.get("metadata") or {}).get("adapter_type") or ""),
+        nodes=out, selected=[u for u in chosen if u not in unknown],
+    )
+    if unknown and selected is not None:
+        raise DbtGraphError(f"dbt selected nodes the manifest does not have: {', '.join(unknown[:10])}; "
+                            "the manifest is older than the project: rebuild it (dbt parse)")
+    return graph
+
+
+def _is_task_node(node: Mapping[str, Any]) -> bool:
+    if node.get("resource_type") not in TASK_TYPES:
+        return False
+    return (node.get("config") or {}).get("materialized") != "ephemeral"
+
+
+def _parents(node: Mapping[str, Any]) -> list[str]:
+    return list((node.get("depends_on") or {}).get("nodes") or [])
+
+
+def _add_freshness(out: dict[str, GraphNode], sources: Mapping[str, Any]) -> None:
+    """A freshness task per source that has a rule and that a rendered node reads."""
+    read: dict[str, list[GraphNode]] = {}
+    for node in out.values():
+        for src in node.sources:
+            read.setdefault(src, []).append(node)
+    for src_id in sorted(read):
+        src = sources[src_id]
+        if not _has_freshness_rule(src):
+            continue
+        out[src_id] = GraphNode(
+            unique_id=src_id, resource_type="source", name=f"{src['source_name']}.{src['name']}",
+            package=src.get("package_name") or "", selector=f"source:{src['source_name']}.{src['name']}",
+            path=src.get("original_file_path") or "", materialization="source freshness",
+        )
+        for reader in read[src_id]:
+            reader.upstream.append(src_id)
+
+
+def _has_freshness_rule(source: Mapping[str, Any]) -> bool:
+    rule = source.get("freshness") or {}
+    return any((rule.get(k) or {}).get("count") for k in ("warn_after", "error_after"))
+
+
+@dataclass
+class Layer:
+    """One task of the ``layers`` shape: the nodes its selector picked, in one ``dbt build``."""
+
+    name: str
+    selector: str
+    members: list[str]  # unique ids of models/seeds/snapshots (their one-parent tests run with them)
+    tests: list[str]  # standalone tests whose last parent is built here
+    upstream: list[str]  # names of layers (and unique ids of freshness tasks) this one waits for
+
+    def selectors(self, graph: DbtGraph) -> list[str]:
+        return [graph.nodes[u].selector for u in [*self.members, *self.tests]]
+
+
+def build_layers(graph: DbtGraph, membership: Mapping[str, Iterable[str]],
+                 selectors: Mapping[str, str]) -> list[Layer]:
+    """Assign every rendered node to exactly one layer and order the layers by the manifest's edges.
+
+    ``membership`` maps a layer name to the unique ids dbt selected for its selector.
+    """
+    order = list(membership)
+    owner: dict[str, list[str]] = {}
+    for name in order:
+        for uid in membership[name]:
+            node = graph.nodes.get(uid)
+            if node is not None and node.resource_type in TASK_TYPES:
+                owner.setdefault(uid, []).append(name)
+    built = [n for n in graph.nodes.values() if n.resource_type in TASK_TYPES]
+    twice = {n.unique_id: owner[n.unique_id] for n in built if len(owner.get(n.unique_id, [])) > 1}
+    if twice:
+        listed = "; ".join(f"{uid} in {' and '.join(names)}" for uid, names in list(twice.items())[:20])
+        raise DbtGraphError(f"{len(twice)} node(s) are selected by more than one layer: {listed}. "
+                            "Make the layer selectors disjoint (e.g. add --exclude terms).")
+    nowhere = [n.unique_id for n in built if n.unique_id not in owner]
+    if nowhere:
+        raise DbtGraphError(f"{len(nowhere)} selected node(s) belong to no layer: {', '.join(nowhere[:20])}. "
+                            "Add a layer that selects them, or exclude them from the selection.")
+    layer_of = {uid: names[0] for uid, names in owner.items()}
+    layers = {name: Layer(name, selectors[name], [], [], []) for name in order}
+    for node in built:
+        layers[layer_of[node.unique_id]].members.append(node.unique_id)
+    position = {name: i for i, name in enumerate(order)}
+    for node in graph.of_type("test"):
+        parent_layers = [layer_of[u] for u in node.upstream if u in layer_of]
+        home = max(parent_layers, key=position.__getitem__) if parent_layers else next(
+            (name for name in order if node.unique_id in set(membership[name])), order[0])
+        layers[home].tests.append(node.unique_id)
+        layer_of[node.unique_id] = home
+    edges: dict[str, set[str]] = {name: set() for name in order}
+    witness: dict[tuple[str, str], tuple[str, str]] = {}
+    for uid, name in layer_of.items():
+        for up in graph.nodes[uid].upstream:
+            up_layer = layer_of.get(up)
+            if up_layer is None:  # a freshness task
+                edges[name].add(up)
+            elif up_layer != name:
+                edges[name].add(up_layer)
+                witness.setdefault((up_layer, name), (up, uid))
+    _check_acyclic(order, edges, witness)
+    for name in order:
+        layers[name].upstream = sorted(edges[name], key=lambda e: position.get(e, -1))
+    return [layers[name] for name in order]
+
+
+def _check_acyclic(order: list[str], edges: Mapping[str, set[str]],
+                   witness: Mapping[tuple[str, str], tuple[str, str]]) -> None:
+    """Kahn's algorithm over the layers; a cycle names the layers and a node edge for each step."""
+    indegree = {name: len([e for e in edges[name] if e in edges]) for name in order}
+    ready = [n for n in order if indegree[n] == 0]
+    done: set[str] = set()
+    while ready:
+        name = ready.pop()
+        done.add(name)
+        for other in order:
+            if name in edges[other]:
+                indegree[other] -= 1
+                if indegree[other] == 0:
+                    ready.append(other)
+    stuck = [n for n in order if n not in done]
+    if stuck:
+        steps = [f"{a} -> {b} ({witness[(a, b)][0]} -> {witness[(a, b)][1]})"
+                 for (a, b) in witness if a in stuck and b in stuck]
+        raise DbtGraphError(f"The layers {', '.join(stuck)} depend on each other in a cycle: "
+                            f"{'; '.join(steps[:10])}. Move nodes so that each layer only reads "
+                            "from layers before it.")

@@ -1,0 +1,163 @@
+"""A dbt project as Airflow tasks, in one of three shapes; as a DAG or as a task group in a bigger DAG.
+
+    project = DbtProject(project_dir=..., conn_id="warehouse", shape="nodes", select=["tag:daily"],
+                         operator_args={"retries": 2})
+    dag = dbt_dag("daily_dbt", project, schedule="@daily", start_date=...)
+    # or, inside an existing DAG:  extract >> dbt_task_group("dbt", project) >> publish
+
+Shapes: ``single`` (deps + one ``dbt build``), ``layers`` (one ``dbt build`` per named selector,
+ordered by the manifest's edges), ``nodes`` (one task per model/seed/snapshot; see ``graph``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from airflow.sdk import DAG, BaseOperator, TaskGroup
+
+from dlh_airflow_common.operators.dbt import DbtOperator
+from dlh_airflow_common.rendering.graph import build_layers
+from dlh_airflow_common.rendering.loader import GraphSource, LoadedGraph, load_graph
+from dlh_airflow_common.rendering.tasks import NODE_ARGS, NODE_EXECUTIONS, layer_doc, node_doc, task_ids, wire
+
+Shape = Literal["single", "layers", "nodes"]
+SHAPES = ("single", "layers", "nodes")
+_DUCKDB_NOTE = ("DuckDB allows one writing process per database file, so this DAG runs one dbt task at a "
+                "time (max_active_tasks=1); parallel tasks on one DuckDB file would fail on its lock.")
+# DbtOperator arguments the project sets itself; operator_args must not repeat them.
+_OWN_ARGS = {"command", "dbt_command", "select", "dbt_models", "exclude", "selector", "dbt_project_dir",
+             "conn_id", "profiles_dir", "target", "profile_name", "vars", "runtime_root", "venv_path",
+             "dbt_executable", "env_vars", "task_id", "extra_args"}
+
+
+@dataclass(frozen=True)
+class DbtProject:
+    """Everything that renders a dbt project, given once for every shape and both forms."""
+
+    project_dir: str
+    conn_id: str | None = None
+    profiles_dir: str | None = None
+    target: str | None = None
+    profile_name: str | None = None
+    shape: Shape = "nodes"
+    select: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    selector: str | None = None
+    vars: Mapping[str, Any] | None = None
+    layers: Mapping[str, str] = field(default_factory=dict)  # shape="layers": name -> dbt selector
+    manifest_path: str | None = None  # a manifest built in CI (recommended); else `dbt ls` at render
+    source_freshness: bool = False  # nodes/layers: a freshness task before the readers of each source
+    execution: str = "isolated"  # nodes: how node tasks run
+    runtime_root: str | None = None
+    venv_path: str | None = None
+    dbt_executable: str | None = None
+    env_vars: Mapping[str, str] = field(default_factory=dict)
+    operator_args: Mapping[str, Any] = field(default_factory=dict)  # any other DbtOperator argument
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape={self.shape!r} is not one of {', '.join(SHAPES)}")
+        if isinstance(self.select, str) or isinstance(self.exclude, str):
+            object.__setattr__(self, "select", [self.select] if isinstance(self.select, str) else self.select)
+            object.__setattr__(self, "exclude",
+                               [self.exclude] if isinstance(self.exclude, str) else self.exclude)
+        if self.shape == "layers" and not self.layers:
+            raise ValueError('shape="layers" needs layers={"staging": "path:models/staging", ...}')
+        if self.execution not in NODE_EXECUTIONS:
+            raise ValueError(f"execution={self.execution!r} is not one of {', '.join(NODE_EXECUTIONS)}")
+        clash = sorted(_OWN_ARGS & set(self.operator_args))
+        if clash:
+            raise ValueError(f"operator_args repeats {', '.join(clash)}: set them on DbtProject itself")
+        if not self.conn_id and not self.profiles_dir:
+            raise ValueError("DbtProject needs conn_id (an Airflow connection) or profiles_dir")
+
+    def source(self) -> GraphSource:
+        return GraphSource(
+            project_dir=self.project_dir, conn_id=self.conn_id, profiles_dir=self.profiles_dir,
+            target=self.target, profile_name=self.profile_name, select=tuple(self.select),
+            exclude=tuple(self.exclude), selector=self.selector, vars=self.vars,
+            manifest_path=self.manifest_path, runtime_root=self.runtime_root,
+            source_freshness=self.source_freshness,
+            layers=dict(self.layers) if self.shape == "layers" else {},
+            venv_path=self.venv_path, dbt_executable=self.dbt_executable, env_vars=dict(self.env_vars))
+
+    def common_args(self) -> dict[str, Any]:
+        """The DbtOperator arguments every task of the project gets."""
+        return {"dbt_project_dir": self.project_dir, "conn_id": self.conn_id,
+                "profiles_dir": self.profiles_dir, "target": self.target, "profile_name": self.profile_name,
+                "vars": dict(self.vars) if self.vars else None, "runtime_root": self.runtime_root,
+                "venv_path": self.venv_path, "dbt_executable": self.dbt_executable,
+                "env_vars": dict(self.env_vars), **self.operator_args}
+
+    def has_packages(self) -> bool:
+        return any((Path(self.project_dir) / n).is_file() for n in ("packages.yml", "dependencies.yml"))
+
+
+def dbt_task_group(group_id: str, project: DbtProject, **group_kwargs: Any) -> TaskGroup:
+    """The project's tasks inside a task group of the DAG being defined (``with DAG(...):``)."""
+    with TaskGroup(group_id, **group_kwargs) as group:
+        _render(project, serialised=False)
+    return group
+
+
+def dbt_dag(dag_id: str, project: DbtProject, **dag_kwargs: Any) -> DAG:
+    """A DAG holding only the project's tasks; ``dag_kwargs`` go to ``DAG`` (schedule, start_date, ...)."""
+    loaded = None if project.shape == "single" else load_graph(project.source())
+    if loaded is not None and loaded.graph.adapter_type == "duckdb":
+        wanted = dag_kwargs.setdefault("max_active_tasks", 1)
+        if wanted != 1:
+            raise ValueError(f"{dag_id}: max_active_tasks={wanted}, but the project writes to DuckDB, which "
+                             "allows one writing process per file: tasks would fail on its lock. Leave "
+                             "max_active_tasks unset (1) or use shape='single'.")
+    dag_kwargs.setdefault("doc_md",
+                          f"dbt project `{Path(project.project_dir).name}`, shape `{project.shape}`")
+    with DAG(dag_id, **dag_kwargs) as dag:
+        _render(project, serialised=True, loaded=loaded)
+    return dag
+
+
+def _render(project: DbtProject, *, serialised: bool, loaded: LoadedGraph | None = None) -> None:
+    args = project.common_args()
+    deps = DbtOperator(task_id="dbt_deps", command="deps", doc_md="Installs the project's packages "
+                       "(into the runtime root; the project stays read-only).", **args) \
+        if project.has_packages() else None
+    if project.shape == "single":
+        build = DbtOperator(task_id="dbt_build", command="build", select=list(project.select) or None,
+                            exclude=list(project.exclude) or None, selector=project.selector,
+                            doc_md="The whole selection in one `dbt build`.", **args)
+        if deps is not None:
+            wire([(deps, build)])
+        return
+    loaded = loaded or load_graph(project.source())
+    graph = loaded.graph
+    note = _DUCKDB_NOTE if graph.adapter_type == "duckdb" and serialised else ""
+    if graph.adapter_type == "duckdb" and not serialised:
+        note = ("DuckDB allows one writing process per database file: give these tasks a pool with one "
+                "slot (operator_args={'pool': ...}) or run the enclosing DAG with max_active_tasks=1.")
+    ids = task_ids(graph)
+    tasks: dict[str, BaseOperator] = {}
+    edges: list[tuple[BaseOperator, BaseOperator]] = []
+    extra_nodes = [n for n in graph.nodes.values() if n.resource_type == "source"]
+    factory = NODE_EXECUTIONS[project.execution]
+    if project.shape == "nodes":
+        extra_nodes = list(graph.nodes.values())
+    for node in extra_nodes:
+        tasks[node.unique_id] = factory(node, ids[node.unique_id], node_doc(
+            node, "source freshness" if node.resource_type == "source" else
+            ("test" if node.resource_type == "test" else "build"), note), args)
+    if project.shape == "nodes":
+        edges += [(tasks[up], tasks[down]) for up, down in graph.edges()]
+    else:
+        layers = build_layers(graph, loaded.layers, project.layers)
+        for layer in layers:
+            tasks[layer.name] = DbtOperator(
+                task_id=layer.name, command="build", select=layer.selectors(graph), extra_args=NODE_ARGS,
+                doc_md=layer_doc(layer, graph, note), **args)
+        edges += [(tasks[up], tasks[layer.name]) for layer in layers for up in layer.upstream]
+    if deps is not None:
+        waiting = {id(down) for _, down in edges}
+        edges += [(deps, t) for t in tasks.values() if id(t) not in waiting]
+    wire(edges)

@@ -1,0 +1,100 @@
+"""Turn a :class:`DbtGraph` into Airflow tasks: ids, docs, commands and edges.
+
+Edges are added to each task's ``upstream_task_ids`` / ``downstream_task_ids`` directly, which is
+what ``a >> b`` does after checking that both tasks share one DAG; that check hashes the whole DAG
+on every edge (O(tasks x edges)), which makes ``>>`` the slowest part of rendering a large project.
+``tests/test_rendering.py`` checks that the wiring survives serialization, so an Airflow upgrade that
+changes these internals fails loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from dlh_airflow_common.operators.dbt import DbtOperator
+from dlh_airflow_common.rendering.graph import DbtGraph, GraphNode, Layer
+
+MAX_TASK_ID = 200
+# Node tasks build exactly their node: tests run with it only when it is their one parent.
+NODE_ARGS = ["--indirect-selection", "cautious"]
+_COMMANDS = {"model": "build", "seed": "build", "snapshot": "build", "test": "test",
+             "source": "source freshness"}
+
+NodeTaskFactory = Callable[[GraphNode, str, str, Mapping[str, Any]], BaseOperator]
+
+
+def isolated_node_task(node: GraphNode, task_id: str, doc: str, args: Mapping[str, Any]) -> BaseOperator:
+    """One dbt process per task (``dbt build --select <node>``), reusing the warm partial parse."""
+    command = _COMMANDS[node.resource_type]
+    extra = NODE_ARGS if command == "build" else []
+    return DbtOperator(task_id=task_id, command=command, select=[node.selector], extra_args=extra,
+                       doc_md=doc, **args)
+
+
+# Execution modes for the `nodes` shape; the streamed mode plugs in here.
+NODE_EXECUTIONS: dict[str, NodeTaskFactory] = {"isolated": isolated_node_task}
+
+
+def task_ids(graph: DbtGraph) -> dict[str, str]:
+    """Readable, stable ids: ``<resource>.<name>``, with the package only where names collide."""
+    def short(node: GraphNode) -> str:
+        return f"{node.name}.v{node.version}" if node.version else node.name
+
+    counts = Counter((n.resource_type, short(n)) for n in graph.nodes.values())
+    ids: dict[str, str] = {}
+    for node in graph.nodes.values():
+        parts = [node.resource_type, short(node)]
+        if counts[(node.resource_type, short(node))] > 1:
+            parts.insert(1, node.package)
+        ids[node.unique_id] = _task_id(".".join(parts))
+    clashes = Counter(ids.values())
+    for uid, tid in ids.items():
+        if clashes[tid] > 1:  # same package and name (truncated test names): the id's hash decides
+            ids[uid] = _task_id(f"{tid}.{uid.rsplit('.', 1)[-1]}")
+    return ids
+
+
+def _task_id(text: str) -> str:
+    text = re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+    if len(text) <= MAX_TASK_ID:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{text[:MAX_TASK_ID - 11]}_{digest}"
+
+
+def node_doc(node: GraphNode, command: str, extra: str = "") -> str:
+    """What the Airflow UI shows for the task: which dbt node, where, how it runs."""
+    lines = [f"**dbt {node.resource_type}** `{node.unique_id}`", "",
+             f"- path: `{node.path}`", f"- materialization: `{node.materialization}`",
+             f"- runs: `dbt {command} --select {node.selector}"
+             + (" " + " ".join(NODE_ARGS) if command == "build" else "") + "`"]
+    if node.tests:
+        lines.append("- tests run in this task: " + ", ".join(f"`{t.split('.')[2]}`" for t in node.tests))
+    if extra:
+        lines += ["", extra]
+    return "\n".join(lines)
+
+
+def layer_doc(layer: Layer, graph: DbtGraph, extra: str = "") -> str:
+    tests = ", ".join(f"`{graph.nodes[t].name}`" for t in layer.tests) or "none"
+    lines = [f"**dbt layer** `{layer.name}`: `{layer.selector}`", "",
+             f"- {len(layer.members)} node(s), built with `dbt build` (one-parent tests run with their node)",
+             f"- tests across layers run here (their last parent is in this layer): {tests}"]
+    if extra:
+        lines += ["", extra]
+    return "\n".join(lines)
+
+
+def wire(edges: list[tuple[BaseOperator, BaseOperator]]) -> None:
+    """``up >> down`` for every pair, without hashing the DAG once per edge (see module doc)."""
+    for up, down in edges:
+        if up.dag is not down.dag:
+            raise ValueError(f"{up.task_id} and {down.task_id} are not in one DAG")
+        up.downstream_task_ids.add(down.node_id)
+        down.upstream_task_ids.add(up.node_id)
