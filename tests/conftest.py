@@ -19,6 +19,8 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["DLH_DBT_RUNTIME_ROOT"] = str(_SCRATCH / "dbt-runtime")
 os.environ["DLH_DBT_SHARED_RUNTIME_ROOT"] = "true"  # one host: the triggerer sees the runtime root
 os.environ["AIRFLOW__CORE__EXECUTOR"] = "LocalExecutor"
+# The rendering DAG file renders six variants of a project on its first (cold-cache) import.
+os.environ["AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT"] = "600"
 
 
 def _ops_project() -> Path:
@@ -41,6 +43,19 @@ def _ops_project() -> Path:
 
 
 os.environ["DLH_TEST_PROJECT_DIR"] = str(_ops_project())
+
+
+def _render_setup() -> None:
+    """The rendering tests' generated project and its DuckDB connection."""
+    from tests.render_project import make_render_project
+
+    project = make_render_project(_SCRATCH / "render" / "gen")
+    os.environ["DLH_RENDER_PROJECT_DIR"] = str(project)
+    os.environ["AIRFLOW_CONN_RENDER_DUCK"] = (
+        '{"conn_type": "duckdb", "host": "%s", "extra": {"threads": 4}}' % (_SCRATCH / "render.duckdb"))
+
+
+_render_setup()
 
 import pytest  # noqa: E402
 

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -46,8 +47,10 @@ def pipeline(request: pytest.FixtureRequest, tmp_path: Path, airflow_db: None) -
     org = FakeOrg(env["SALESFORCE_GENERATOR_STATE"])
     org.populate()
     org.save()
-    bag = DagBag(str(DAGS))
-    assert not bag.import_errors, bag.import_errors
+    bags = [DagBag(str(DAGS / f"{name}.py")) for name in ("salesforce_extract", "salesforce_dbt")]
+    for one in bags:
+        assert not one.import_errors, one.import_errors
+    bag = SimpleNamespace(get_dag=lambda dag_id: next(b.dags[dag_id] for b in bags if dag_id in b.dags))
     try:
         yield {"bag": bag, "org_path": env["SALESFORCE_GENERATOR_STATE"], "kind": request.param}
     finally:
