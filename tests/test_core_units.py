@@ -233,3 +233,10 @@ def test_one_profile_path_splits_secrets_in_one_place(demo_project: Path) -> Non
     assert spelled == ["core/profiles.py"], spelled
     with pytest.raises(DbtProfileException, match="pass conn_id"):
         resolve_profile(ProfileConfig(), demo_project)
+
+
+def test_install_path_outside_the_project_is_a_specific_error(demo_project: Path, runtime_root: Path) -> None:
+    yml = demo_project / "dbt_project.yml"
+    yml.write_text(yml.read_text() + "packages-install-path: ../shared_packages\n")
+    with pytest.raises(DbtProjectException, match="packages-install-path '../shared_packages'.*inside the"):
+        DbtRuntime.create(demo_project, runtime_root=runtime_root, for_deps=True)
