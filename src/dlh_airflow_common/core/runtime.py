@@ -108,19 +108,40 @@ def project_profile_name(project_dir: Path) -> str:
 
 
 def _local_package_paths(project_dir: Path) -> list[str]:
-    """Relative ``local:`` package paths, which must resolve from the shadow as from the project."""
+    """Relative ``local:`` package paths, which must resolve from the shadow as from the project.
+
+    dbt resolves the local packages of a local package from the root project too, so they count.
+    """
+    found: list[str] = []
+    pending, seen = [project_dir], set()
+    while pending:
+        here = pending.pop()
+        if here in seen:
+            continue
+        seen.add(here)
+        for local in _declared_locals(here):
+            local = os.path.expanduser(local)
+            if not os.path.isabs(local):
+                found.append(local)
+            pending.append(Path(os.path.normpath(project_dir / local)))
+    return found
+
+
+def _declared_locals(package_dir: Path) -> list[str]:
+    """The ``local:`` entries of a project's packages.yml and dependencies.yml, as written."""
     found: list[str] = []
     for name in ("packages.yml", "dependencies.yml"):
-        path = project_dir / name
+        path = package_dir / name
         if not path.is_file():
             continue
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
-            continue  # dbt itself reports the YAML error with better context
-        for spec in data.get("packages") or []:
+        except (OSError, yaml.YAMLError):
+            continue  # dbt itself reports the error with better context
+        specs = data.get("packages") if isinstance(data, dict) else None
+        for spec in specs if isinstance(specs, list) else []:
             local = spec.get("local") if isinstance(spec, dict) else None
-            if isinstance(local, str) and not os.path.isabs(os.path.expanduser(local)):
+            if isinstance(local, str):
                 found.append(local)
     return found
 
