@@ -34,7 +34,11 @@ def dbt_venv(requirements: tuple[str, ...] = DBT_110) -> Path:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     key = hashlib.sha256(repr((requirements, python, sys.base_prefix)).encode()).hexdigest()[:12]
     venv = cache_root() / f"dbt-{key}"
-    venv.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        venv.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeError(f"Cannot create the test virtualenv cache {venv.parent}: {exc}; "
+                           f"set {CACHE_ENV} to a writable directory") from exc
     with open(venv.parent / f".{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent test sessions build it once
         if (venv / _DONE).is_file() and (venv / "bin" / "python").resolve().is_file():
