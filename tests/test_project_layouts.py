@@ -112,6 +112,13 @@ def test_package_own_test_project_with_ancestor_local_package(
     project = write_project(package.joinpath(*nesting), "../" * len(nesting))
     before = tree(tmp_path / "repo")
     run_deps_and_build(project, duck_conn_id, runtime_root)
+    # The shared shadow's path is stable through the mirror: the next run reuses the build's parse.
+    kept = DbtHook(project, conn_id=duck_conn_id, runtime_root=str(runtime_root), keep_target_artifacts=True)
+    parsed = kept.run_dbt_task("parse")
+    assert parsed.target_dir is not None
+    log = (parsed.target_dir.parent / "logs" / "dbt.log").read_text()
+    assert "Partial parsing enabled: 0 files deleted, 0 files added, 0 files changed" in log
+    shutil.rmtree(parsed.target_dir.parent)
     assert tree(tmp_path / "repo") == before, "dbt wrote into the checkout"
     ours = published(runtime_root)
     assert ours == {PACKAGE: package}
