@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 _SCRATCH = Path(tempfile.mkdtemp(prefix="dlh-tests-"))
@@ -126,6 +129,23 @@ def pg_conn(pg: PgServer, request: pytest.FixtureRequest) -> ConnectionInfo:
     schema = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
     return ConnectionInfo("pg_wh", "postgres", host="127.0.0.1", port=pg.port, login="dbt_user",
                           password=CANARY, schema="warehouse", extra={"schema": schema, "threads": 4})
+
+
+def run_in_mount_namespace(script: str, tmp_path: Path, *args: object) -> dict[str, Any]:
+    """Run ``script`` (as root, e.g. to bind-mount read-only) in a private mount namespace.
+
+    It gets ``args`` then a report path, and must write its findings there as JSON; they are returned.
+    """
+    path, report = tmp_path / "mount_ns_script.py", tmp_path / "mount_ns_report.json"
+    path.write_text(script)
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, str(path), *map(str, args),
+         str(report)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(report.read_text())
+    return result
 
 
 def add_model(project: Path, name: str, sql: str, folder: str = "marts") -> None:

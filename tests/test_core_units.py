@@ -233,3 +233,28 @@ def test_one_profile_path_splits_secrets_in_one_place(demo_project: Path) -> Non
     assert spelled == ["core/profiles.py"], spelled
     with pytest.raises(DbtProfileException, match="pass conn_id"):
         resolve_profile(ProfileConfig(), demo_project)
+
+
+def test_install_path_outside_the_project_is_a_specific_error(demo_project: Path, runtime_root: Path) -> None:
+    yml = demo_project / "dbt_project.yml"
+    yml.write_text(yml.read_text() + "packages-install-path: ../shared_packages\n")
+    with pytest.raises(DbtProjectException, match="packages-install-path '../shared_packages'.*inside the"):
+        DbtRuntime.create(demo_project, runtime_root=runtime_root, for_deps=True)
+
+
+def test_a_local_packages_own_local_packages_resolve_from_the_deps_shadow(tmp_path: Path,
+                                                                            runtime_root: Path) -> None:
+    # dbt joins every local path, a package's own ones too, to the root project dir, lexically.
+    for name, yml in (("helper", ""), ("pkg", "packages:\n  - local: ../../helper\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "dbt_project.yml").write_text(f"name: {name}\n")
+        (tmp_path / name / "packages.yml").write_text(yml)
+    project = tmp_path / "pkg" / "integration_tests"
+    project.mkdir()
+    (project / "dbt_project.yml").write_text("name: it\nprofile: p\n")
+    (project / "packages.yml").write_text("packages:\n  - local: ../\n")
+    rt = DbtRuntime.create(project, runtime_root=runtime_root, for_deps=True)
+    for local, real in (("..", tmp_path / "pkg"), ("../../helper", tmp_path / "helper")):
+        seen = Path(os.path.normpath(rt.shadow_dir / local / "dbt_project.yml"))
+        assert seen.read_text() == (real / "dbt_project.yml").read_text()
+    rt.cleanup()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from dbt.version import __version__ as DBT_VERSION
 
 from dlh_airflow_common.core import (
     DbtCompilationException,
@@ -44,6 +45,7 @@ def test_build_reports_progress_summary_and_warns(demo_project: Path, duck_conn_
         "accepted_values_stg_orders_status__completed__shipped__placed"]
     assert len(result.summary.slowest) == 5
     assert "dbt summary: 10 nodes" in "\n".join(lines)  # the summary goes to the same sink
+    assert f"Running with dbt={DBT_VERSION}" in lines  # which dbt ran, first thing in the task log
     lines = [ln for ln in lines if ln.startswith("[")]
     assert len(lines) == 10
     assert all(re.fullmatch(r"\[\d+/10\] (OK|PASS|WARN) (model|seed|test)\.demo\.\S+ \d+\.\ds", ln)
@@ -101,6 +103,7 @@ def test_in_process_runner_streams_events(demo_project: Path, duck_conn_id: str,
     hook.run_dbt_task("deps")
     result = hook.run_dbt_task("seed")
     assert result.success and result.summary.counts == {"success": 2}
+    assert any(ln.startswith("Running with dbt=") for ln in lines)
     nodes = [ln for ln in lines if ln.startswith("[")]
     assert sorted(ln.split()[2] for ln in nodes) == ["seed.demo.raw_customers", "seed.demo.raw_orders"]
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, run_in_mount_namespace
 
 SCRIPT = textwrap.dedent(
     """
@@ -51,18 +48,10 @@ def test_all_commands_work_on_a_read_only_mount(tmp_path: Path) -> None:
     src = tmp_path / "src"
     for name in ("demo_project", "demo_pkg"):
         shutil.copytree(EXAMPLES / name, src / name)
-    mnt, root, report = tmp_path / "mnt", tmp_path / "runtime", tmp_path / "report.json"
+    mnt, root = tmp_path / "mnt", tmp_path / "runtime"
     mnt.mkdir()
     before = _tree(src)
-    script = tmp_path / "ro_run.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", sys.executable, str(script), str(src), str(mnt),
-         str(root), str(tmp_path / "wh.duckdb"), str(report)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(report.read_text())
+    out = run_in_mount_namespace(SCRIPT, tmp_path, src, mnt, root, tmp_path / "wh.duckdb")
     assert out["writable"] is False, "the mount is not read-only: the test would prove nothing"
     for cmd in ["deps", "build", "docs generate", "source freshness"]:
         assert out[cmd]["ok"], (cmd, out[cmd])

@@ -54,6 +54,8 @@ class EventCollector:
             self.tail.append(msg)
         if level == "error" and msg:
             self.errors.append(msg)
+        if name == "MainReportVersion" and msg:
+            self._progress(msg)  # "Running with dbt=1.x.y": which dbt ran (venv_path, dbt_executable)
         node = data.get("node_info") or {}
         total = data.get("total") or data.get("num_models")
         if "index" in data and total and node.get("unique_id") and name != "LogStartLine":

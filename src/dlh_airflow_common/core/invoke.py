@@ -239,12 +239,13 @@ class DbtInvoker:
         (self.progress or log.info)(line)
 
     def _parse_key(self, command: DbtCommand, profile: str | None, target: str | None) -> str:
-        """One cache entry per profile/target/vars, so different targets never evict each other.
+        """One cache entry per profile/target/vars/dbt, so different targets never evict each other.
 
         dbt itself still checks the saved parse (connection fields, project files) and re-parses
         whatever changed, so a key that is too coarse costs time, never correctness.
         """
-        basis = json.dumps([profile, target, command.vars_text(), self.profile.schema_override])
+        dbt = getattr(self.runner, "executable", None)  # another dbt (venv_path) parses differently
+        basis = json.dumps([profile, target, command.vars_text(), self.profile.schema_override, dbt])
         return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
     @contextlib.contextmanager

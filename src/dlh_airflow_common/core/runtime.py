@@ -4,9 +4,12 @@ Layout under the runtime root (default ``/tmp/dbt``)::
 
     runs/run_<YYYYmmdd_HHMMSS>_<dag>_<task>_try<n>_<rand>/
         project/   shadow of the project: symlinks to its entries, private packages dir and lock file
+                   (when local packages reach up, ``project/`` mirrors that ancestor and the
+                   shadow sits below it at the same relative path as the real project)
         target/    this run's target dir (artifacts, seeded partial-parse file)
         logs/      this run's dbt.log
     projects/<name>-<hash>/
+        project -> shadows/<version>       shared shadow of runs other than deps (stable path)
         packages -> packages.d/<version>   last published ``dbt deps`` result (swapped atomically)
         package-lock.yml                   lock file written by that ``dbt deps``
         partial_parse/<key>.msgpack        partial-parse cache, replaced atomically after each run
@@ -105,19 +108,40 @@ def project_profile_name(project_dir: Path) -> str:
 
 
 def _local_package_paths(project_dir: Path) -> list[str]:
-    """Relative ``local:`` package paths, which must resolve from the shadow as from the project."""
+    """Relative ``local:`` package paths, which must resolve from the shadow as from the project.
+
+    dbt resolves the local packages of a local package from the root project too, so they count.
+    """
+    found: list[str] = []
+    pending, seen = [project_dir], set()
+    while pending:
+        here = pending.pop()
+        if here in seen:
+            continue
+        seen.add(here)
+        for local in _declared_locals(here):
+            local = os.path.expanduser(local)
+            if not os.path.isabs(local):
+                found.append(local)
+            pending.append(Path(os.path.normpath(project_dir / local)))
+    return found
+
+
+def _declared_locals(package_dir: Path) -> list[str]:
+    """The ``local:`` entries of a project's packages.yml and dependencies.yml, as written."""
     found: list[str] = []
     for name in ("packages.yml", "dependencies.yml"):
-        path = project_dir / name
+        path = package_dir / name
         if not path.is_file():
             continue
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
-            continue  # dbt itself reports the YAML error with better context
-        for spec in data.get("packages") or []:
+        except (OSError, yaml.YAMLError):
+            continue  # dbt itself reports the error with better context
+        specs = data.get("packages") if isinstance(data, dict) else None
+        for spec in specs if isinstance(specs, list) else []:
             local = spec.get("local") if isinstance(spec, dict) else None
-            if isinstance(local, str) and not os.path.isabs(os.path.expanduser(local)):
+            if isinstance(local, str):
                 found.append(local)
     return found
 
@@ -151,6 +175,11 @@ class ProjectCache:
                 return real
         return None
 
+    def publish_lock(self, lock_file: Path | None) -> None:
+        """Keep the lock file a ``dbt deps`` wrote, for the next runs' shadows."""
+        if lock_file is not None and lock_file.is_file():
+            _atomic_copy(lock_file, self.lock_file)
+
     def publish_packages(self, installed: Path, lock_file: Path | None) -> None:
         """Make a finished ``dbt deps`` result the one later runs see, atomically."""
         versions = self.root / "packages.d"
@@ -160,8 +189,7 @@ class ProjectCache:
         tmp_link = self.root / f".packages.{secrets.token_hex(4)}"
         tmp_link.symlink_to(version)
         os.replace(tmp_link, self.packages_link)
-        if lock_file is not None and lock_file.is_file():
-            _atomic_copy(lock_file, self.lock_file)
+        self.publish_lock(lock_file)
         for old in sorted(versions.iterdir())[:-_KEEP_PACKAGE_VERSIONS]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -193,6 +221,7 @@ class DbtRuntime:
     _seeded_parse_mtime: float | None = field(default=None, repr=False)
     _parse_key: str = field(default="default", repr=False)
     _parse_target: Path | None = field(default=None, repr=False)
+    _layout: _ShadowLayout | None = field(default=None, repr=False)
 
     @property
     def target_dir(self) -> Path:
@@ -225,10 +254,11 @@ class DbtRuntime:
         layout = _ShadowLayout(project, install_path, cache)
         if for_deps:
             # dbt deps writes the packages dir and lock file: give it a private shadow of its own.
-            shadow = layout.build(run_dir, private_packages=True)
+            shadow = layout.build(run_dir / "project", private_packages=True)
         else:
             shadow = layout.shared()
         runtime = cls(project, run_dir, cache, shadow, install_path, keep_target_artifacts)
+        runtime._layout = layout
         runtime.target_dir.mkdir()
         runtime.log_dir.mkdir()
         return runtime
@@ -264,16 +294,21 @@ class DbtRuntime:
 
     def publish_packages(self) -> None:
         """After a successful ``dbt deps``: make the installed packages visible to later runs."""
-        if os.path.isabs(self.packages_install_path) or not self.packages_dir.is_dir():
+        lock = self.shadow_dir / LOCK_FILE
+        if not self.packages_dir.is_dir():
             return
         # dbt links local packages with paths through this run's shadow; point them at the real dirs.
+        mirror = self.run_dir / "project"
         for entry in self.packages_dir.iterdir():
-            if entry.is_symlink():
-                real = entry.resolve()
-                entry.unlink()
-                entry.symlink_to(real)
-        lock = self.shadow_dir / LOCK_FILE
-        self.cache.publish_packages(self.packages_dir, lock if lock.is_file() else None)
+            if entry.is_symlink() and self._layout is not None:
+                real = self._layout.real_path(Path(os.path.normpath(entry.parent / entry.readlink())), mirror)
+                tmp = entry.with_name(f".{entry.name}.{secrets.token_hex(3)}")
+                tmp.symlink_to(real)
+                os.replace(tmp, entry)  # in place: an absolute install path may be read meanwhile
+        if os.path.isabs(self.packages_install_path):
+            self.cache.publish_lock(lock if lock.is_file() else None)
+        else:
+            self.cache.publish_packages(self.packages_dir, lock if lock.is_file() else None)
 
     def cleanup(self) -> None:
         """Remove what the run wrote; keep target and logs when asked to."""
@@ -291,6 +326,13 @@ class DbtRuntime:
 class _ShadowLayout:
     """Builds the directory dbt sees as the project: links to the real entries plus writable parts.
 
+    dbt resolves relative ``local:`` packages lexically from the project dir (``../`` is the parent
+    of the path it was given), so the shadow sits inside a mirror of the project's ancestors up to
+    the highest one a local package reaches: each mirrored dir links the real entries except the
+    next dir on the way down. Any relative path then lands where it lands from the real project,
+    an ancestor package included, and package files and lock file stay exactly the user's (a
+    rewritten packages.yml would change the hash dbt keeps in package-lock.yml and re-resolve).
+
     Runs other than ``dbt deps`` share one shadow per project at a stable path, because dbt stores
     absolute paths in its partial-parse file: a path that changed per run would defeat the cache.
     The stable path is a symlink swapped atomically to a new version when the project's entries or
@@ -300,13 +342,22 @@ class _ShadowLayout:
     def __init__(self, project: Path, install_path: str, cache: ProjectCache) -> None:
         self.project = project
         self.install_path = install_path
+        self.install_parts = _install_parts(project, install_path)
         self.cache = cache
-        self.locals = _local_package_paths(project)
-        self.depth = max((_parent_depth(p) for p in self.locals), default=0)
+        depth = max((_parent_depth(p) for p in _local_package_paths(project)), default=0)
+        self.top = project.parents[min(depth, len(project.parents)) - 1] if depth else project
+        self.chain = project.relative_to(self.top).parts
 
-    def _nested(self, base: Path) -> Path:
-        # Nest the shadow so that `../pkg` style local packages resolve below ``base``.
-        return base.joinpath(*(["up"] * self.depth), "project")
+    def shadow_in(self, mirror: Path) -> Path:
+        """The project's shadow inside a mirror of :attr:`top` rooted at ``mirror``."""
+        return mirror.joinpath(*self.chain)
+
+    def real_path(self, path: Path, mirror: Path) -> Path:
+        """Where a path through the mirror (as dbt wrote it into a package link) really leads."""
+        for root in (mirror, mirror.resolve()):
+            with contextlib.suppress(ValueError):
+                return (self.top / path.relative_to(root)).resolve()
+        return path.resolve()
 
     def _packages_source(self, private: bool) -> Path | None:
         if private:
@@ -322,33 +373,33 @@ class _ShadowLayout:
         return None
 
     def fingerprint(self) -> str:
-        entries = sorted(e.name for e in self.project.iterdir())
+        dirs = [self.top.joinpath(*self.chain[:i]) for i in range(len(self.chain) + 1)]
+        dirs += [self.project.joinpath(*self.install_parts[:i]) for i in range(1, len(self.install_parts))]
+        entries = [sorted(os.listdir(d)) if d.is_dir() else None for d in dirs]
         lock = self._lock_source()
-        basis = [entries, self.install_path, str(self._packages_source(False)),
+        basis = [str(self.top), entries, self.install_path, str(self._packages_source(False)),
                  hashlib.sha256(lock.read_bytes()).hexdigest() if lock else None]
         return hashlib.sha256(repr(basis).encode()).hexdigest()[:16]
 
-    def build(self, base: Path, private_packages: bool, into: Path | None = None) -> Path:
-        """Create a shadow at ``into`` (default: nested under ``base``); return its path."""
-        shadow = into or self._nested(base)
-        shadow.mkdir(parents=True)
-        install_root = self.install_path.split("/")[0]
-        for entry in self.project.iterdir():
-            if entry.name in _NOT_LINKED or entry.name == install_root:
-                continue
-            (shadow / entry.name).symlink_to(entry)
-        for local in self.locals:
-            link = Path(os.path.normpath(self._nested(base) / local))
-            if not link.exists() and not link.is_symlink():
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to((self.project / local).resolve())
+    def build(self, mirror: Path, private_packages: bool) -> Path:
+        """Create the mirror at ``mirror`` (which must not exist); return the project's shadow in it."""
+        real, fake = self.top, mirror
+        for name in self.chain:
+            _link_entries(real, fake, skip={name})
+            real, fake = real / name, fake / name
+        shadow = fake
+        _link_entries(self.project, shadow, skip=_NOT_LINKED | set(self.install_parts[:1]))
+        real, fake = self.project, shadow
+        for name, below in zip(self.install_parts, self.install_parts[1:], strict=False):
+            # A nested install path (``vendor/pkgs``): the user's other files beside it stay visible.
+            real, fake = real / name, fake / name
+            _link_entries(real, fake, skip={below})
         lock = self._lock_source()
         if lock is not None:
             shutil.copyfile(lock, shadow / LOCK_FILE)
         if os.path.isabs(self.install_path):
             return shadow  # the user chose an absolute install path: theirs to keep writable
         packages = shadow / self.install_path
-        packages.parent.mkdir(parents=True, exist_ok=True)
         source = self._packages_source(private_packages)
         if private_packages:
             packages.mkdir()
@@ -358,26 +409,48 @@ class _ShadowLayout:
 
     def shared(self) -> Path:
         """The project's stable shadow path, (re)built if the project or packages changed."""
-        stable = self._nested(self.cache.root)
+        stable = self.cache.root / "project"
         wanted = self.fingerprint()
         marker = stable / ".dlh_shadow"
         with contextlib.suppress(OSError):
             if marker.read_text() == wanted:
-                return stable
+                return self.shadow_in(stable)
         versions = self.cache.root / "shadows"
         versions.mkdir(parents=True, exist_ok=True)
         version = versions / f"{wanted}-{secrets.token_hex(3)}"
-        self.build(self.cache.root, private_packages=False, into=version)
+        self.build(version, private_packages=False)
         (version / ".dlh_shadow").write_text(wanted)
-        stable.parent.mkdir(parents=True, exist_ok=True)
-        tmp_link = stable.parent / f".project.{secrets.token_hex(4)}"
+        tmp_link = self.cache.root / f".project.{secrets.token_hex(4)}"
         tmp_link.symlink_to(version)
         os.replace(tmp_link, stable)  # atomic: running dbt processes see the old or the new shadow
         current = version.name
         for old in sorted(versions.iterdir(), key=lambda p: p.stat().st_mtime)[:-_KEEP_PACKAGE_VERSIONS]:
             if old.name != current:
                 shutil.rmtree(old, ignore_errors=True)
-        return stable
+        return self.shadow_in(stable)
+
+
+def _link_entries(real: Path, fake: Path, skip: set[str]) -> None:
+    """Make ``fake`` a directory of links to ``real``'s entries, except those named in ``skip``."""
+    fake.mkdir(parents=True)
+    if not real.is_dir():
+        return
+    for entry in real.iterdir():
+        if entry.name not in skip:
+            (fake / entry.name).symlink_to(entry)
+
+
+def _install_parts(project: Path, install_path: str) -> tuple[str, ...]:
+    """The relative ``packages-install-path`` as path parts; () for an absolute one."""
+    if os.path.isabs(install_path):
+        return ()
+    parts = Path(os.path.normpath(install_path)).parts
+    if not parts or parts[0] in {".", ".."}:
+        raise DbtProjectException(
+            f"packages-install-path {install_path!r} in {project / 'dbt_project.yml'} must be a "
+            "directory inside the project or an absolute path"
+        )
+    return parts
 
 
 def _parent_depth(rel: str) -> int:
