@@ -32,11 +32,11 @@ class Secrets:
     def var(name: str) -> str:
         return SECRET_PREFIX + re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
 
-    def ref(self, name: str, value: str, *, native: bool = False) -> str:
+    def ref(self, name: str, value: str) -> str:
         """Keep ``value`` in the environment; return what profiles.yml holds instead of it."""
         var = self.var(name)
         self.env[var] = value
-        return "{{ env_var('" + var + "')" + (" | as_native" if native else "") + " }}"
+        return "{{ env_var('" + var + "') }}"
 
     def pop(self, name: str) -> str:
         """Take a secret back out (a field that turned out to mean something else, or nothing)."""
@@ -53,7 +53,6 @@ class Field:
     secret: bool = False
     default: Any = None
     convert: Callable[[Any], Any] | None = None
-    native: bool = False  # a secret that is structured data (a JSON key file), rendered with as_native
 
     def hint(self) -> str:
         names = [s.replace("extra.", "extra field '") + ("'" if s.startswith("extra.") else "") for s in
@@ -85,21 +84,13 @@ def _to_bool(value: Any) -> bool:
     return bool(value)
 
 
-def _json_object_text(value: Any) -> str:
-    """A key file as JSON text; a string that is not a JSON object is refused here, not by Google later."""
+def _json_object(value: Any) -> dict[str, Any]:
+    """A mapping given as a dict or as JSON text (Airflow's form stores extras as text)."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not JSON: {exc.msg} at position {exc.pos}") from None
-    if not isinstance(value, dict):
-        raise ValueError("a service-account key file must be a JSON object")
-    return json.dumps(value)
-
-
-def _json_object(value: Any) -> dict[str, Any]:
-    if isinstance(value, str):
-        value = json.loads(value)
     if not isinstance(value, dict):
         raise ValueError("must be a JSON object of name: value")
     return value
@@ -180,7 +171,15 @@ def _snowflake_auth(profile: dict[str, Any], conn: ConnectionInfo, secrets: Secr
         profile["account"] = f"{profile['account']}.{region}"  # Airflow keeps the region apart
 
 
-def _bigquery_method(profile: dict[str, Any], conn: ConnectionInfo, secrets: Secrets) -> None:
+def _bigquery_auth(profile: dict[str, Any], conn: ConnectionInfo, secrets: Secrets) -> None:
+    """The auth method follows the key given; a key file's every value goes through the environment.
+
+    Each value is its own secret: dbt hands a secret env var back as text, even through ``as_native``,
+    so the key file cannot travel as one JSON secret. Its names (type, client_email, ...) stay in the file.
+    """
+    if "keyfile_json" in profile:
+        profile["keyfile_json"] = {name: secrets.ref(f"keyfile_json_{name}", str(value))
+                                   for name, value in profile["keyfile_json"].items()}
     if "keyfile_json" in profile and "keyfile" in profile:
         raise _fail(conn, "bigquery", "both extra fields 'key_path' and 'keyfile_dict' are set; "
                                       "keep only one")
@@ -193,7 +192,10 @@ def _bigquery_method(profile: dict[str, Any], conn: ConnectionInfo, secrets: Sec
 
 
 def _trino_method(profile: dict[str, Any], conn: ConnectionInfo, secrets: Secrets) -> None:
+    """A password means LDAP, which dbt-trino always speaks over HTTPS (it ignores http_scheme there)."""
     profile.setdefault("method", "ldap" if "password" in profile else "none")
+    if profile["method"] == "ldap":
+        profile.pop("http_scheme", None)
 
 
 # DuckDB settings that hold credentials, beyond any name containing one of _SECRET_WORDS.
@@ -283,14 +285,13 @@ ADAPTERS: dict[str, AdapterSpec] = {
                 Field("project", ("extra.project", "extra.project_id"), required=True),
                 Field("dataset", ("schema", "extra.dataset"), required=True),
                 Field("keyfile", ("extra.key_path", "extra.keyfile")),
-                Field("keyfile_json", ("extra.keyfile_dict", "extra.keyfile_json"), secret=True,
-                      convert=_json_object_text, native=True),
+                Field("keyfile_json", ("extra.keyfile_dict", "extra.keyfile_json"), convert=_json_object),
                 Field("location", ("extra.location",)),
                 Field("priority", ("extra.priority",)),
                 _THREADS,
             ),
             schema_key="dataset",
-            derive=_bigquery_method,
+            derive=_bigquery_auth,
         ),
         AdapterSpec(
             "trino",

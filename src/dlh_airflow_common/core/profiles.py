@@ -110,7 +110,7 @@ def render_profile(
                     f"fix the connection's {f.hint()}"
                 ) from None
         if f.secret:
-            value = secrets.ref(f.key, str(value), native=f.native)
+            value = secrets.ref(f.key, str(value))
         output[f.key] = value
     if spec.derive is not None:
         spec.derive(output, conn, secrets)
