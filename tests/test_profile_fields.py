@@ -136,9 +136,9 @@ def test_redshift_iam_takes_cluster_profile_region_and_no_password() -> None:
     assert (out["method"], out["cluster_id"], out["iam_profile"], out["region"]) == ("iam", "c", "etl",
                                                                                      "eu-west-1")
     assert "password" not in out and env == {}
-    method_form, _ = _render(ConnectionInfo("rs", "redshift", host="h", login="u", schema="dev",
-                                            extra={"method": "iam", "cluster_id": "c"}))
-    assert method_form["method"] == "iam" and method_form["cluster_id"] == "c"
+    method_form, _ = _render(ConnectionInfo("rs", "redshift", host="h", schema="dev",
+                                            extra={"method": "iam", "cluster_id": "c", "db_user": "etl"}))
+    assert (method_form["method"], method_form["cluster_id"], method_form["user"]) == ("iam", "c", "etl")
 
 
 @pytest.mark.parametrize(

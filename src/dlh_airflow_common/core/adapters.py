@@ -122,7 +122,6 @@ def _host_name(value: Any) -> str:
 _THREADS = Field("threads", ("extra.threads",), default=4, convert=_to_int)
 _PG_COMMON = (
     Field("host", ("host",), required=True),
-    Field("user", ("login",), required=True),
     Field("password", ("password",), secret=True),
     Field("dbname", ("extra.dbname", "extra.database", "schema"), required=True),
     Field("schema", ("extra.schema",), default="public"),
@@ -228,6 +227,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
             ("postgres", "postgresql"),
             (
                 *_PG_COMMON,
+                Field("user", ("login",), required=True),
                 Field("port", ("port", "extra.port"), default=5432, convert=_to_int),
                 Field("keepalives_idle", ("extra.keepalives_idle",), convert=_to_int),
                 Field("search_path", ("extra.search_path",)),
@@ -238,6 +238,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
             ("redshift",),
             (
                 *_PG_COMMON,
+                Field("user", ("login", "extra.db_user"), required=True),  # db_user: redshift_connector's IAM
                 Field("port", ("port", "extra.port"), default=5439, convert=_to_int),
                 Field("cluster_id", ("extra.cluster_identifier", "extra.cluster_id")),
                 Field("iam_profile", ("extra.iam_profile", "extra.profile")),
