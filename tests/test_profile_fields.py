@@ -1,7 +1,8 @@
 """What real Airflow connections carry, mapped to profile keys: key pairs, key files, IAM, old-form extras.
 
 Whether dbt accepts these profiles is tests/test_adapter_plugins.py's job; here: which key each
-connection field becomes, that every secret travels only in the environment, and the errors.
+connection field becomes, that every secret travels only in the environment, and the errors; and one
+real DuckDB run showing that a secret nested in settings reaches the database.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from dlh_airflow_common.core import ConnectionInfo, DbtProfileException
 from dlh_airflow_common.core.profiles import render_profile
 from tests.adapter_plugins.cases import CASES, PEM, SA_KEY
+from tests.conftest import add_model
 
 
 def _render(conn: ConnectionInfo) -> tuple[dict[str, Any], dict[str, str]]:
@@ -179,3 +182,23 @@ def test_duckdb_settings_that_hold_credentials_go_through_the_environment() -> N
 def test_duckdb_settings_must_be_a_mapping() -> None:
     with pytest.raises(DbtProfileException, match="'settings' has an invalid value .*JSON object"):
         _render(ConnectionInfo("k", "duckdb", host="/x.duckdb", extra={"settings": "[1, 2]"}))
+
+
+def test_duckdb_secret_setting_reaches_duckdb_through_dbt(demo_project: Path, tmp_path: Path,
+                                                          runtime_root: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nested env_var() is rendered by dbt: the value DuckDB holds is the connection's, not the reference."""
+    import duckdb
+
+    from dlh_airflow_common.hooks.dbt import DbtHook
+
+    secrets_dir = str(tmp_path / "duck secrets")  # 'secret_directory' is a core setting: no extension needed
+    path = tmp_path / "wh.duckdb"
+    monkeypatch.setenv("AIRFLOW_CONN_DUCK_SETTINGS", json.dumps(
+        {"conn_type": "duckdb", "host": str(path), "extra": {"settings": {"secret_directory": secrets_dir}}}))
+    add_model(demo_project, "setting_seen", "select current_setting('secret_directory') as value")
+    hook = DbtHook(demo_project, conn_id="duck_settings", runtime_root=str(runtime_root))
+    hook.run_dbt_task("deps")
+    hook.run_dbt_task("run", select="setting_seen")
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("select value from main.setting_seen").fetchall() == [(secrets_dir,)]
