@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from dlh_airflow_common.core.profiles import ProfilesDir, RenderedProfile, render_profile
+from dlh_airflow_common.core.profiles import ADAPTERS, ProfilesDir, RenderedProfile, render_profile
 from tests.adapter_plugins.cases import CASES
 from tests.adapter_plugins.probe import PLUGINS
 from tests.adapter_plugins.venv import REQUIREMENTS, PluginVenvUnavailable, ensure_venv
@@ -134,6 +134,15 @@ def test_plugin_knows_every_key_we_write(plugin_run: dict[str, Any], case: str) 
     ignored = [k for k in keys if _result(plugin_run, case, f"probe:{k}")["ok"]]
     assert not ignored, (f"dbt-{_adapter(case)} ignores {ignored} (misspelled, or not a setting of this "
                          "plugin): it took an impossible value without complaint")
+
+
+def test_the_cases_write_every_key_of_the_adapter_table() -> None:
+    """Else a key could be added to the table and never meet its plugin."""
+    for name, spec in ADAPTERS.items():
+        written = {key for case, conn in CASES.items() if _adapter(case) == name
+                   for key in _output(render_profile(conn, profile_name="probe", target_name="t"))}
+        missing = sorted({f.key for f in spec.fields} - written)
+        assert not missing, f"{name}: no case writes {missing}; add a connection to tests/adapter_plugins/cases.py"
 
 
 def test_a_misspelled_key_is_ignored_by_dbt_so_only_the_probe_finds_it(plugin_run: dict[str, Any]) -> None:
