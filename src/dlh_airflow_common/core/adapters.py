@@ -17,31 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dlh_airflow_common.core.exceptions import DbtProfileException
 
 if TYPE_CHECKING:
-    from dlh_airflow_common.core.profiles import ConnectionInfo
-
-SECRET_PREFIX = "DBT_ENV_SECRET_"  # noqa: S105 - a prefix dbt scrubs, not a secret
-
-
-class Secrets:
-    """The secret environment of one profile, and the ``env_var()`` text that stands in for each value."""
-
-    def __init__(self) -> None:
-        self.env: dict[str, str] = {}
-
-    @staticmethod
-    def var(name: str) -> str:
-        return SECRET_PREFIX + re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
-
-    def ref(self, name: str, value: str) -> str:
-        """Keep ``value`` in the environment; return what profiles.yml holds instead of it."""
-        var = self.var(name)
-        self.env[var] = value
-        return "{{ env_var('" + var + "') }}"
-
-    def pop(self, name: str) -> str:
-        """Take a secret back out (a field that turned out to mean something else, or nothing)."""
-        return self.env.pop(self.var(name))
-
+    from dlh_airflow_common.core.profiles import ConnectionInfo, Secrets
 
 @dataclass(frozen=True)
 class Field:
@@ -60,7 +36,7 @@ class Field:
         return " or ".join(names) or "a constant"
 
 
-Derive = Callable[[dict[str, Any], "ConnectionInfo", Secrets], None]
+Derive = Callable[[dict[str, Any], "ConnectionInfo", "Secrets"], None]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """dbt profiles from connection fields, with every secret kept in the environment, never on disk.
 
-Each adapter is a table of :class:`Field` rows: where the value comes from in the connection, whether it
-is required, whether it is secret. Secrets are written into profiles.yml only as
+Each adapter is a table of :class:`Field` rows (``core/adapters.py``): where the value comes from in the
+connection, whether it is required, whether it is secret. Secrets are written into profiles.yml only as
 ``{{ env_var('DBT_ENV_SECRET_...') }}`` (dbt scrubs such values from its logs) and handed to the dbt
 process through its environment. Values are never part of the rendered file, so the file, and dbt's
 profile hash, stay the same between runs and partial parsing survives.
@@ -10,6 +10,7 @@ profile hash, stay the same between runs and partial parsing survives.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -19,12 +20,35 @@ from typing import Any
 
 import yaml
 
-from dlh_airflow_common.core.adapters import ADAPTERS, SECRET_PREFIX, AdapterSpec, Field, Secrets
+from dlh_airflow_common.core.adapters import ADAPTERS, AdapterSpec, Field
 from dlh_airflow_common.core.exceptions import DbtProfileException
 
 __all__ = ["ADAPTERS", "SECRET_PREFIX", "AdapterSpec", "ConnectionInfo", "Field", "ProfilesDir",
            "RenderedProfile", "adapter_for", "check_user_profiles_dir", "render_profile",
            "user_profile_with_schema"]
+
+SECRET_PREFIX = "DBT_ENV_SECRET_"  # noqa: S105 - a prefix dbt scrubs, not a secret
+
+
+class Secrets:
+    """The secret environment of one profile, and the ``env_var()`` text that stands in for each value."""
+
+    def __init__(self) -> None:
+        self.env: dict[str, str] = {}
+
+    @staticmethod
+    def var(name: str) -> str:
+        return SECRET_PREFIX + re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
+
+    def ref(self, name: str, value: str) -> str:
+        """Keep ``value`` in the environment; return what profiles.yml holds instead of it."""
+        var = self.var(name)
+        self.env[var] = value
+        return "{{ env_var('" + var + "') }}"
+
+    def pop(self, name: str) -> str:
+        """Take a secret back out (a field that turned out to mean something else, or nothing)."""
+        return self.env.pop(self.var(name))
 
 
 @dataclass(frozen=True)
