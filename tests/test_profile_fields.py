@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from dlh_airflow_common.core import ConnectionInfo, DbtProfileException
 from dlh_airflow_common.core.profiles import render_profile
@@ -59,6 +60,10 @@ def test_snowflake_key_content_in_base64_reaches_dbt_as_pem_with_the_password_as
     assert out["private_key_passphrase"] == _ref("DBT_ENV_SECRET_PRIVATE_KEY_PASSPHRASE")
     assert env == {"DBT_ENV_SECRET_PRIVATE_KEY": PEM.decode().strip(),
                    "DBT_ENV_SECRET_PRIVATE_KEY_PASSPHRASE": "key pass"}
+    # what dbt-snowflake does with PEM text (it starts with '-'): load it with the passphrase
+    key = serialization.load_pem_private_key(env["DBT_ENV_SECRET_PRIVATE_KEY"].encode(),
+                                             env["DBT_ENV_SECRET_PRIVATE_KEY_PASSPHRASE"].encode())
+    assert key.key_size == 2048
 
 
 @pytest.mark.parametrize("content", [PEM.decode(), "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"])
