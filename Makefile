@@ -2,7 +2,7 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 
-.PHONY: install test lint typecheck demo demo-core bench
+.PHONY: install test lint typecheck demo demo-core bench plugin-venv
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -16,6 +16,12 @@ typecheck: install
 
 test: lint typecheck
 	$(UV) run --frozen pytest
+
+# Every dbt plugin in a venv of its own, for tests/test_adapter_plugins.py. Built once per pinned
+# tests/adapter_plugins/requirements.txt into ~/.cache/dlh-airflow-common (or $DLH_PLUGIN_VENV_ROOT);
+# the test builds it itself when missing, this target only does it ahead of time.
+plugin-venv: install
+	$(UV) run --frozen python -m tests.adapter_plugins.venv
 
 demo: install
 	$(UV) run --frozen python examples/salesforce_demo.py

@@ -1,7 +1,7 @@
 """dbt profiles from connection fields, with every secret kept in the environment, never on disk.
 
-Each adapter is a table of :class:`Field` rows: where the value comes from in the connection, whether it
-is required, whether it is secret. Secrets are written into profiles.yml only as
+Each adapter is a table of :class:`Field` rows (``core/adapters.py``): where the value comes from in the
+connection, whether it is required, whether it is secret. Secrets are written into profiles.yml only as
 ``{{ env_var('DBT_ENV_SECRET_...') }}`` (dbt scrubs such values from its logs) and handed to the dbt
 process through its environment. Values are never part of the rendered file, so the file, and dbt's
 profile hash, stay the same between runs and partial parsing survives.
@@ -9,20 +9,46 @@ profile hash, stay the same between runs and partial parsing survives.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from dlh_airflow_common.core.adapters import ADAPTERS, AdapterSpec, Field
 from dlh_airflow_common.core.exceptions import DbtProfileException
 
+__all__ = ["ADAPTERS", "SECRET_PREFIX", "AdapterSpec", "ConnectionInfo", "Field", "ProfilesDir",
+           "RenderedProfile", "adapter_for", "check_user_profiles_dir", "render_profile",
+           "user_profile_with_schema"]
+
 SECRET_PREFIX = "DBT_ENV_SECRET_"  # noqa: S105 - a prefix dbt scrubs, not a secret
+
+
+class Secrets:
+    """The secret environment of one profile, and the ``env_var()`` text that stands in for each value."""
+
+    def __init__(self) -> None:
+        self.env: dict[str, str] = {}
+
+    @staticmethod
+    def var(name: str) -> str:
+        return SECRET_PREFIX + re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
+
+    def ref(self, name: str, value: str) -> str:
+        """Keep ``value`` in the environment; return what profiles.yml holds instead of it."""
+        var = self.var(name)
+        self.env[var] = value
+        return "{{ env_var('" + var + "') }}"
+
+    def pop(self, name: str) -> str:
+        """Take a secret back out (a field that turned out to mean something else, or nothing)."""
+        return self.env.pop(self.var(name))
 
 
 @dataclass(frozen=True)
@@ -39,180 +65,18 @@ class ConnectionInfo:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def get(self, source: str) -> Any:
+        """A connection attribute, or ``extra.KEY``: the extra field ``KEY``, else Airflow's old form key.
+
+        Airflow's connection forms used to store extras as ``extra__<conn_type>__<key>``; connections
+        created then still carry them, so both spellings are read (the plain one wins).
+        """
         if source.startswith("extra."):
-            return self.extra.get(source[len("extra."):])
+            key = source[len("extra."):]
+            value = self.extra.get(key)
+            if value in (None, ""):
+                value = self.extra.get(f"extra__{self.conn_type}__{key}")
+            return value
         return getattr(self, source)
-
-
-@dataclass(frozen=True)
-class Field:
-    """One key of the dbt profile: where it comes from, in order of preference."""
-
-    key: str
-    sources: tuple[str, ...] = ()
-    required: bool = False
-    secret: bool = False
-    default: Any = None
-    convert: Callable[[Any], Any] | None = None
-    native: bool = False  # a secret that is structured data (a JSON key file), rendered with as_native
-
-    def hint(self) -> str:
-        names = [s.replace("extra.", "extra field '") + ("'" if s.startswith("extra.") else "") for s in
-                 self.sources]
-        return " or ".join(names) or "a constant"
-
-
-@dataclass(frozen=True)
-class AdapterSpec:
-    """How one dbt adapter's profile is built from a connection."""
-
-    dbt_type: str
-    conn_types: tuple[str, ...]
-    fields: tuple[Field, ...]
-    schema_key: str = "schema"
-    derive: Callable[[dict[str, Any], ConnectionInfo], None] | None = None
-
-
-def _to_int(value: Any) -> int:
-    return int(value)
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
-
-
-def _json_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-_THREADS = Field("threads", ("extra.threads",), default=4, convert=_to_int)
-
-
-def _pg_like(dbt_type: str, conn_types: tuple[str, ...], port: int) -> AdapterSpec:
-    return AdapterSpec(
-        dbt_type,
-        conn_types,
-        (
-            Field("host", ("host",), required=True),
-            Field("user", ("login",), required=True),
-            Field("password", ("password",), secret=True),
-            Field("port", ("port", "extra.port"), default=port, convert=_to_int),
-            Field("dbname", ("extra.dbname", "extra.database", "schema"), required=True),
-            Field("schema", ("extra.schema",), default="public"),
-            _THREADS,
-            Field("sslmode", ("extra.sslmode",)),
-            Field("connect_timeout", ("extra.connect_timeout",), convert=_to_int),
-            Field("keepalives_idle", ("extra.keepalives_idle",), convert=_to_int),
-            Field("search_path", ("extra.search_path",)),
-            Field("role", ("extra.role",)),
-            Field("retries", ("extra.retries",), convert=_to_int),
-        ),
-    )
-
-
-def _bigquery_method(profile: dict[str, Any], conn: ConnectionInfo) -> None:
-    profile["method"] = "service-account-json" if "keyfile_json" in profile else "oauth"
-
-
-def _trino_method(profile: dict[str, Any], conn: ConnectionInfo) -> None:
-    profile.setdefault("method", "ldap" if "password" in profile else "none")
-
-
-ADAPTERS: dict[str, AdapterSpec] = {
-    spec.dbt_type: spec
-    for spec in (
-        _pg_like("postgres", ("postgres", "postgresql"), 5432),
-        _pg_like("redshift", ("redshift",), 5439),
-        AdapterSpec(
-            "duckdb",
-            ("duckdb",),
-            (
-                Field("path", ("extra.path", "host"), required=True),
-                Field("schema", ("schema", "extra.schema"), default="main"),
-                _THREADS,
-                Field("extensions", ("extra.extensions",)),
-                Field("settings", ("extra.settings",)),
-            ),
-        ),
-        AdapterSpec(
-            "snowflake",
-            ("snowflake",),
-            (
-                Field("account", ("extra.account", "host"), required=True),
-                Field("user", ("login",), required=True),
-                Field("password", ("password",), secret=True),
-                Field("private_key", ("extra.private_key_content",), secret=True),
-                Field("private_key_passphrase", ("extra.private_key_passphrase",), secret=True),
-                Field("authenticator", ("extra.authenticator",)),
-                Field("role", ("extra.role",)),
-                Field("database", ("extra.database",), required=True),
-                Field("warehouse", ("extra.warehouse",), required=True),
-                Field("schema", ("schema", "extra.schema"), required=True),
-                _THREADS,
-            ),
-        ),
-        AdapterSpec(
-            "bigquery",
-            ("google_cloud_platform", "gcpbigquery", "bigquery"),
-            (
-                Field("project", ("extra.project", "extra.project_id"), required=True),
-                Field("dataset", ("schema", "extra.dataset"), required=True),
-                Field("keyfile_json", ("extra.keyfile_dict",), secret=True, convert=_json_text, native=True),
-                Field("location", ("extra.location",)),
-                Field("priority", ("extra.priority",)),
-                _THREADS,
-            ),
-            schema_key="dataset",
-            derive=_bigquery_method,
-        ),
-        AdapterSpec(
-            "trino",
-            ("trino",),
-            (
-                Field("host", ("host",), required=True),
-                Field("port", ("port",), default=8080, convert=_to_int),
-                Field("user", ("login",), required=True),
-                Field("password", ("password",), secret=True),
-                Field("database", ("extra.catalog", "extra.database"), required=True),
-                Field("schema", ("schema", "extra.schema"), required=True),
-                Field("http_scheme", ("extra.protocol", "extra.http_scheme"), default="http"),
-                _THREADS,
-            ),
-            derive=_trino_method,
-        ),
-        AdapterSpec(
-            "dremio",
-            ("dremio",),
-            (
-                Field("software_host", ("host",), required=True),
-                Field("port", ("port",), default=9047, convert=_to_int),
-                Field("user", ("login",), required=True),
-                Field("password", ("password",), secret=True),
-                Field("use_ssl", ("extra.use_ssl",), default=False, convert=_to_bool),
-                Field("object_storage_source", ("extra.object_storage_source",), default="$scratch"),
-                Field("object_storage_path", ("extra.object_storage_path",), default="no_schema"),
-                Field("dremio_space", ("extra.dremio_space",), default="@dremio"),
-                Field("dremio_space_folder", ("schema", "extra.dremio_space_folder"), default="no_schema"),
-                _THREADS,
-            ),
-            schema_key="dremio_space_folder",
-        ),
-        AdapterSpec(
-            "databricks",
-            ("databricks",),
-            (
-                Field("host", ("host",), required=True),
-                Field("http_path", ("extra.http_path",), required=True),
-                Field("token", ("password", "extra.token"), required=True, secret=True),
-                Field("catalog", ("extra.catalog",)),
-                Field("schema", ("schema", "extra.schema"), required=True),
-                _THREADS,
-            ),
-        ),
-    )
-}
 
 
 def adapter_for(conn: ConnectionInfo) -> AdapterSpec:
@@ -249,7 +113,7 @@ def render_profile(
     """Build the profile for ``conn``; a missing required field names the field and the fix."""
     spec = adapter_for(conn)
     output: dict[str, Any] = {"type": spec.dbt_type}
-    env: dict[str, str] = {}
+    secrets = Secrets()
     for f in spec.fields:
         value = next((v for v in (conn.get(s) for s in f.sources) if v not in (None, "")), None)
         if value is None:
@@ -270,17 +134,14 @@ def render_profile(
                     f"fix the connection's {f.hint()}"
                 ) from None
         if f.secret:
-            var = SECRET_PREFIX + f.key.upper()
-            env[var] = str(value)
-            native = " | as_native" if f.native else ""
-            value = "{{ env_var('" + var + "')" + native + " }}"
+            value = secrets.ref(f.key, str(value))
         output[f.key] = value
     if spec.derive is not None:
-        spec.derive(output, conn)
+        spec.derive(output, conn, secrets)
     if schema_override:
         output[spec.schema_key] = schema_override
     document = {profile_name: {"target": target_name, "outputs": {target_name: output}}}
-    return RenderedProfile(profile_name, target_name, document, env)
+    return RenderedProfile(profile_name, target_name, document, secrets.env)
 
 
 class ProfilesDir:

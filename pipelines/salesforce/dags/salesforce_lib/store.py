@@ -124,14 +124,17 @@ def _text(value: Any) -> str | None:
 
 
 class PostgresStore(RawStore):
-    def __init__(self, dsn: str) -> None:
+    """Connects with a libpq DSN and/or keyword parameters (these win; they need no quoting)."""
+
+    def __init__(self, dsn: str = "", **params: Any) -> None:
         self.dsn = dsn
+        self.params = params
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
         import psycopg2
 
-        con = psycopg2.connect(self.dsn)
+        con = psycopg2.connect(self.dsn, **self.params)
         try:
             with con:  # commit on success, roll back on any error
                 yield con
@@ -174,9 +177,9 @@ def store_for_connection(conn: Any) -> RawStore:
     """The store for an Airflow connection of type postgres or duckdb."""
     kind = (conn.conn_type or "").lower()
     if kind in {"postgres", "postgresql"}:
-        dsn = (f"host={conn.host} port={conn.port or 5432} dbname={conn.schema or 'warehouse'} "
-               f"user={conn.login} password={conn.password}")
-        return PostgresStore(dsn)
+        # Keyword parameters, not a formatted DSN: a password with spaces or quotes would break one.
+        return PostgresStore(host=conn.host, port=conn.port or 5432, dbname=conn.schema or "warehouse",
+                             user=conn.login, password=conn.password)
     if kind == "duckdb":
         return DuckDbStore(str((conn.extra_dejson or {}).get("path") or conn.host))
     raise ValueError(f"Warehouse connection {conn.conn_id!r} has type {conn.conn_type!r}; "
