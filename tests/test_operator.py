@@ -28,7 +28,10 @@ RUNTIME = Path(os.environ["DLH_DBT_RUNTIME_ROOT"])
 @pytest.fixture(scope="module")
 def dags(ops_project: Path, pg: PgServer) -> Any:
     """The DagBag of tests/dags, with the DAGs' connections defined as environment variables."""
-    from airflow.dag_processing.dagbag import DagBag
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import DagBag
 
     os.environ["AIRFLOW_CONN_DUCK_OPS"] = json.dumps(
         {"conn_type": "duckdb", "host": str(_SCRATCH / "ops.duckdb"), "extra": {"threads": 4}})
@@ -228,7 +231,10 @@ def test_kill_sync_task_leaves_no_process_and_no_target(dags: Any, pg: PgServer)
 
 
 def test_kill_deferred_task_cancels_the_detached_run(dags: Any, pg: PgServer) -> None:
-    from airflow.sdk.exceptions import TaskDeferred
+    try:
+        from airflow.sdk.exceptions import TaskDeferred
+    except ImportError:  # Airflow 3.1
+        from airflow.exceptions import TaskDeferred
 
     op = _slow_op(deferrable=True)
     with pytest.raises(TaskDeferred) as deferred:

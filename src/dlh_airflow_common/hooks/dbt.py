@@ -11,6 +11,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from dlh_airflow_common._compat import AirflowNotFoundException
 from dlh_airflow_common.core.artifacts import load_catalog, load_manifest, load_run_results, load_sources
 from dlh_airflow_common.core.exceptions import DbtProfileException
 from dlh_airflow_common.core.invoke import ArtifactsCallback, DbtCommand, DbtInvoker, DbtTaskResult
@@ -20,11 +21,6 @@ from dlh_airflow_common.core.runners import InProcessRunner, Runner, SubprocessR
 from dlh_airflow_common.core.runtime import RunIdentity
 
 log = logging.getLogger(__name__)
-
-try:
-    from airflow.sdk.exceptions import AirflowNotFoundException
-except ImportError:  # pragma: no cover - older Airflow 3.0 layouts
-    from airflow.exceptions import AirflowNotFoundException  # type: ignore[attr-defined]
 
 
 class DbtHook(BaseHook):
