@@ -25,6 +25,32 @@ DAG_FILE = REPO / "tests" / "dags" / "dbt_operator_dags.py"
 RUNTIME = Path(os.environ["DLH_DBT_RUNTIME_ROOT"])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _failure_callbacks_see_the_exception() -> Any:
+    """Give dag.test() on Airflow < 3.3 the callback context a deployed task gets.
+
+    Airflow's task runner puts the task's exception in the on_failure_callback context on every 3.x, but
+    the in-process runner behind dag.test() does so only from 3.3; the DAGs' record_failure reads it.
+    """
+    from dlh_airflow_common._compat import airflow_at_least
+
+    if airflow_at_least("3.3"):
+        yield
+        return
+    from airflow.sdk.execution_time import task_runner
+
+    original = task_runner.run
+
+    def run(ti: Any, context: Any, log: Any) -> Any:
+        state, msg, error = original(ti, context, log)
+        context["exception"] = error
+        return state, msg, error
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(task_runner, "run", run)
+        yield
+
+
 @pytest.fixture(scope="module")
 def dags(ops_project: Path, pg: PgServer) -> Any:
     """The DagBag of tests/dags, with the DAGs' connections defined as environment variables."""
