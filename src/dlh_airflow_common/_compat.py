@@ -17,9 +17,12 @@ except ImportError:  # Airflow 3.1
     from airflow.configuration import conf  # type: ignore[assignment]
 
 try:
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 except ImportError:  # Airflow 3.1
-    from airflow.exceptions import AirflowNotFoundException  # type: ignore[attr-defined]
+    from airflow.exceptions import (  # type: ignore[attr-defined,no-redef]
+        AirflowFailException,
+        AirflowNotFoundException,
+    )
 
 MINIMUM_AIRFLOW = "3.1"
 
@@ -27,8 +30,11 @@ __all__ = ["AIRFLOW_VERSION", "MINIMUM_AIRFLOW", "AirflowNotFoundException", "Ai
            "airflow_at_least", "conf", "require_airflow", "stats"]
 
 
-class AirflowVersionError(RuntimeError):
-    """A feature was asked for that the installed Airflow is too old to provide."""
+class AirflowVersionError(AirflowFailException):
+    """A feature was asked for that the installed Airflow is too old to provide.
+
+    It fails the task without retries: every retry would meet the same Airflow.
+    """
 
 
 def _parse(version: str) -> tuple[int, int]:
