@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import airflow
 import pytest
 
@@ -11,6 +14,21 @@ from tests.conftest import needs_airflow
 
 MAJOR, MINOR = (int(part) for part in airflow.__version__.split(".")[:2])
 NEXT_MINOR = f"{MAJOR}.{MINOR + 1}"
+
+
+def test_every_module_imports_on_the_installed_airflow() -> None:
+    """What a DAG file does first: an Airflow name missing from this minor would fail here, not at DAG load."""
+    import dlh_airflow_common
+
+    names = [m.name for m in pkgutil.walk_packages(dlh_airflow_common.__path__, "dlh_airflow_common.")]
+    assert "dlh_airflow_common.operators.dbt" in names and len(names) > 20
+    failures = {}
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            failures[name] = str(exc)
+    assert failures == {}
 
 
 def test_version_is_the_installed_airflow_and_within_the_supported_range() -> None:
