@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from dlh_airflow_common._compat import airflow_at_least
 from dlh_airflow_common.core import ConnectionInfo, DbtCommand, DbtInvoker, ProfileConfig
 from tests.conftest import EXAMPLES, REPO
 from tests.pgserver import PgServer, free_port
@@ -294,7 +295,8 @@ def test_scheduler_triggerer_run_deferrable_dbt(pg: PgServer, smoke_env: tuple[d
         attempt_log = (task_dir / "attempt=1.log").read_text(errors="replace")
         assert "Pausing task as DEFERRED" in attempt_log, f"the task never deferred\n{stack.report()}"
         trigger_log = "\n".join(p.read_text(errors="replace") for p in task_dir.glob("attempt=1.log.trigger.*"))
-        assert "triggers.dbt.DbtExecutionTrigger" in trigger_log, f"no trigger log\n{stack.report()}"
+        if airflow_at_least("3.3"):  # Airflow 3.1's triggerer leaves the trigger's logger name out of its lines
+            assert "triggers.dbt.DbtExecutionTrigger" in trigger_log, f"no trigger log\n{stack.report()}"
         assert "OK model.demo.customer_orders" in trigger_log, f"dbt progress not relayed\n{stack.report()}"
         assert "Trigger fired event" in trigger_log and "'status': 'success'" in trigger_log, \
             f"the triggerer did not fire the success event\n{stack.report()}"
