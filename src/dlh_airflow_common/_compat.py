@@ -17,18 +17,25 @@ except ImportError:  # Airflow 3.1
     from airflow.configuration import conf  # type: ignore[assignment]
 
 try:
-    from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowSkipException
+    from airflow.sdk.exceptions import (
+        AirflowFailException,
+        AirflowNotFoundException,
+        AirflowRescheduleException,
+        AirflowSkipException,
+    )
 except ImportError:  # Airflow 3.1
     from airflow.exceptions import (  # type: ignore[attr-defined,no-redef]
         AirflowFailException,
         AirflowNotFoundException,
+        AirflowRescheduleException,
         AirflowSkipException,
     )
 
 MINIMUM_AIRFLOW = "3.1"
 
-__all__ = ["AIRFLOW_VERSION", "MINIMUM_AIRFLOW", "AirflowNotFoundException", "AirflowSkipException",
-           "AirflowVersionError", "airflow_at_least", "conf", "require_airflow", "stats"]
+__all__ = ["AIRFLOW_VERSION", "MINIMUM_AIRFLOW", "AirflowNotFoundException", "AirflowRescheduleException",
+           "AirflowSkipException", "AirflowVersionError", "airflow_at_least", "conf", "require_airflow",
+           "stats"]
 
 
 class AirflowVersionError(AirflowFailException):

@@ -12,8 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
-
+from dlh_airflow_common._compat import AirflowRescheduleException, AirflowSkipException
 from dlh_airflow_common.core.exceptions import DbtRuntimeException
 from dlh_airflow_common.core.stream import stream_dir
 from dlh_airflow_common.operators import settings
