@@ -42,7 +42,7 @@ class DbtOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "dbt_project_dir", "command", "select", "exclude", "selector", "vars", "env_vars",
-        "schema_override", "target", "extra_args", "artifacts_destination", "target_path",
+        "schema_override", "target", "extra_args", "artifacts_destination", "target_path", "docs_location",
     )
     template_fields_renderers = {"vars": "json", "env_vars": "json"}
     operator_extra_links = (DbtDocsLink(), DbtArtifactsLink())
@@ -81,6 +81,10 @@ class DbtOperator(BaseOperator):
         artifacts_bucket: str | None = None,
         dbt_docs_url: str | None = None,
         artifacts_url: str | None = None,
+        publish_docs: bool | None = None,
+        docs_location: str | None = None,
+        docs_conn_id: str | None = None,
+        dbt_unique_id: str | None = None,
         runtime_root: str | None = None,
         target_path: str | None = None,
         in_process: bool = False,
@@ -126,6 +130,12 @@ class DbtOperator(BaseOperator):
         self.artifacts_conn_id = artifacts_conn_id
         self.dbt_docs_url = dbt_docs_url
         self.artifacts_url = artifacts_url
+        # `docs generate` publishes its site for the API server's dbt Docs (see docs.py) unless told not to.
+        self.publish_docs = self.command.split()[:2] == ["docs", "generate"] if publish_docs is None \
+            else publish_docs
+        self.docs_location = docs_location
+        self.docs_conn_id = docs_conn_id
+        self.dbt_unique_id = dbt_unique_id  # the node a per-node task builds: its "dbt Docs" link opens it
         self.runtime_root = runtime_root
         self.target_path = target_path  # a caller-owned target dir shared by tasks (e.g. for --state)
         self.in_process = in_process
@@ -181,7 +191,8 @@ class DbtOperator(BaseOperator):
         output = hook.resolve_profile().output() if self.conn_id else {}
         return Reporter(context["ti"], self.log, self._retry_state(context),
                         self.artifacts_destination if self.upload_artifacts else None,
-                        self.artifacts_conn_id, output)
+                        self.artifacts_conn_id, output,
+                        (self.docs_location, self.docs_conn_id) if self.publish_docs else None)
 
     # -- execution -----------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:

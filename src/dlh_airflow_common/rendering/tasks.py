@@ -34,7 +34,7 @@ def isolated_node_task(node: GraphNode, task_id: str, doc: str, args: Mapping[st
     command = _COMMANDS[node.resource_type]
     extra = NODE_ARGS if command == "build" else []
     return DbtOperator(task_id=task_id, command=command, select=[node.selector], extra_args=extra,
-                       doc_md=doc, **args)
+                       doc_md=doc, dbt_unique_id=node.unique_id, **args)
 
 
 # Execution modes for the `nodes` shape; the streamed mode plugs in here.
