@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -219,7 +218,7 @@ def _damaged_sites(served: Served) -> None:
 def test_dbt_docs_links_land_on_the_node_and_the_project(served: Served) -> None:
     def link(task_id: str) -> str:
         links = served.json(f"/api/v2/dags/dbt_docs/dagRuns/{served.run_id}/taskInstances/{task_id}/links")
-        return str(links["dbt Docs"])
+        return str(links["extra_links"]["dbt Docs"])
 
     assert link("model.customer_orders") == f"{served.base}/dbt-docs/demo/#!/model/model.demo.customer_orders"
     assert link("dbt_build") == f"{served.base}/dbt-docs/demo/#!/overview"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dlh_airflow_common.docs import DocsSite
 from tests.conftest import REPO
 from tests.pgserver import PgServer
 
@@ -94,6 +95,8 @@ def test_guard_skips_without_new_data_and_rebuilds_only_changed_lineage(pipeline
     _run(bag, "salesforce_extract")
     first = _run(bag, "salesforce_dbt")
     assert first["dbt_build"] == "success" and first["record_success"] == "success"
+    assert first["dbt_docs_generate"] == "success"  # and it published the docs site
+    assert "salesforce" in DocsSite().projects()
     assert "fct_salesforce__opportunities" in _models_rebuilt()  # no state yet: full build
 
     # no new data: the guard short-circuits everything downstream
