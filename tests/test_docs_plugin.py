@@ -280,8 +280,10 @@ def test_browser_renders_the_docs(served: Served, tmp_path: Path) -> None:
     try:
         dom = browse("--dump-dom")
         assert dom.returncode == 0, _fail("chromium --dump-dom", dom)
-        # Only the manifest (fetched by the page through the API server) holds these names.
+        # Only the manifest (fetched by the page through the API server) holds these names, and only
+        # the catalog the warehouse types of the model's columns.
         assert "stg_customers" in dom.stdout and "customer_orders" in dom.stdout, dom.stdout[-3000:]
+        assert "lifetime_value" in dom.stdout and "DOUBLE" in dom.stdout, dom.stdout[-3000:]
         assert "dbt Docs unavailable" not in dom.stdout
         pic = browse(f"--screenshot={shot}")
         assert pic.returncode == 0 and shot.stat().st_size > 10_000, _fail("chromium --screenshot", pic)
@@ -290,7 +292,10 @@ def test_browser_renders_the_docs(served: Served, tmp_path: Path) -> None:
         proxy.server_close()
 
 
-def test_publishing_is_atomic_and_newest_wins(tmp_path: Path) -> None:
+@pytest.mark.parametrize("remote", [False, True], ids=["local-dir", "object-storage"])
+def test_publishing_is_atomic_and_newest_wins(tmp_path: Path, remote: bool) -> None:
+    """Local: version dirs and a symlink; object storage (fsspec's memory:// through ObjectStoragePath,
+    as s3:// or gs:// would be): version prefixes and a CURRENT pointer."""
     def generation(stamp: str, marker: str) -> Path:
         src = tmp_path / marker
         src.mkdir()
@@ -300,17 +305,37 @@ def test_publishing_is_atomic_and_newest_wins(tmp_path: Path) -> None:
         (src / "index.html").write_text(marker)
         return src
 
-    where = str(tmp_path / "site")
+    where = f"memory://docs-{secrets.token_hex(4)}/site" if remote else str(tmp_path / "site")
     docs.publish_docs(generation("2026-03-01T10:00:00.000002Z", "newer"), where)
     docs.publish_docs(generation("2026-03-01T10:00:00.000001Z", "older"), where)  # a slow, older task
     site = docs.DocsSite(where)
     assert site.read("demo", "index.html") == b"newer"
     assert json.loads(site.read("demo", "manifest.json"))["m"] == "newer"
-    for i in range(5):
-        docs.publish_docs(generation(f"2026-03-02T10:00:0{i}Z", f"g{i}"), where)
-    assert site.read("demo", "index.html") == b"g4"
-    versions = list((tmp_path / "site" / "demo" / "versions").iterdir())
-    assert len(versions) == docs.KEEP_VERSIONS and not [v for v in versions if v.name.startswith(".")]
+    # A reader polling while generations are published only ever sees whole sites.
+    seen: list[bytes] = []
+    errors: list[Exception] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                seen.append(site.read("demo", "index.html"))
+            except Exception as exc:
+                errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(8):
+            docs.publish_docs(generation(f"2026-03-02T10:00:0{i}Z", f"g{i}"), where)
+    finally:
+        done.set()
+        reader.join()
+    assert not errors and seen and set(seen) <= {b"newer", *(f"g{i}".encode() for i in range(8))}, errors
+    assert site.read("demo", "index.html") == b"g7" and site.projects() == ["demo"]
+    if not remote:
+        versions = list((tmp_path / "site" / "demo" / "versions").iterdir())
+        assert len(versions) == docs.KEEP_VERSIONS and not [v for v in versions if v.name.startswith(".")]
     # A generation that is not a docs generation is refused with what it lacks.
     bad = tmp_path / "bad"
     bad.mkdir()
