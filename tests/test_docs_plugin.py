@@ -207,7 +207,7 @@ def _damaged_sites(served: Served) -> None:
         (served.location / project / "current").symlink_to(Path("versions") / version.name)
     status, _, body = served.get("/dbt-docs/broken/", served.token)
     assert status == 404 and b"catalog.json of dbt project &#x27;broken&#x27; is corrupt" in body, body
-    assert b"command=&#x27;docs generate&#x27;" in body
+    assert b"command=&#x27;docs generate&#x27; (it publishes on success)" in body
     status, _, body = served.get("/dbt-docs/partial/", served.token)
     assert status == 404 and b"have no manifest.json" in body and b"docs generate" in body, body
     # With several projects the root lists them instead of redirecting.

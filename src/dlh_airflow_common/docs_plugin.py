@@ -19,7 +19,15 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from dlh_airflow_common.docs import DATA, PAGES, URL_PREFIX, DocsError, DocsSite, plugin_enabled
+from dlh_airflow_common.docs import (
+    DATA,
+    GENERATOR_HINT,
+    PAGES,
+    URL_PREFIX,
+    DocsError,
+    DocsSite,
+    plugin_enabled,
+)
 
 _TYPES = {".html": "text/html; charset=utf-8", ".json": "application/json"}
 _HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
@@ -31,7 +39,8 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
                         f"<body><h1>{title}</h1>{body}</body></html>", status, _HEADERS)
 
 
-def _missing(exc: DocsError) -> HTMLResponse:
+def _missing(exc: DocsError | OSError) -> HTMLResponse:
+    """What is missing (or unreadable) and what generates it, instead of a stack trace."""
     return _page("dbt Docs unavailable", f"<p>{html.escape(str(exc))}</p>", 404)
 
 
@@ -44,8 +53,7 @@ def _check_data(project: str, version: str, site: DocsSite) -> str | None:
         except DocsError as exc:
             return str(exc)
         except ValueError as exc:
-            return (f"the {name} of dbt project {project!r} is corrupt ({exc}); re-run a DbtOperator with "
-                    "command='docs generate'")
+            return f"the {name} of dbt project {project!r} is corrupt ({exc}); re-run {GENERATOR_HINT}"
     return None
 
 
@@ -63,7 +71,7 @@ def create_app(site: DocsSite | None = None) -> FastAPI:
             return _missing(DocsError(f"cannot list the dbt docs location {docs.location}: {exc}"))
         if not names:
             return _missing(DocsError(f"no dbt docs published yet under {docs.location}; they are generated "
-                                      "by a DbtOperator with command='docs generate'"))
+                                      f"by {GENERATOR_HINT}"))
         if len(names) == 1:
             return RedirectResponse(f"{names[0]}/", 307)
         items = "".join(f"<li><a href='{n}/'>{n}</a></li>" for n in names)  # names are identifiers
@@ -79,7 +87,7 @@ def create_app(site: DocsSite | None = None) -> FastAPI:
         try:
             page = _first_page(docs, project)
             problem = _check_data(project, docs.version(project), docs)
-        except DocsError as exc:
+        except (DocsError, OSError) as exc:  # OSError: the storage itself (network, permissions)
             return _missing(exc)
         if problem:
             return _missing(DocsError(problem))
@@ -89,7 +97,7 @@ def create_app(site: DocsSite | None = None) -> FastAPI:
     def site_file(project: str, name: str) -> Response:
         try:
             data = docs.read(project, name)
-        except DocsError as exc:
+        except (DocsError, OSError) as exc:  # OSError: the storage itself (network, permissions)
             return _missing(exc)
         return Response(data, 200, headers=_HEADERS, media_type=_TYPES["." + name.rsplit(".", 1)[-1]])
 
