@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
 
 from dlh_airflow_common.core.detached import ControlDir, copy_artifacts
 from dlh_airflow_common.core.exceptions import DbtException
@@ -42,7 +43,8 @@ class DbtOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "dbt_project_dir", "command", "select", "exclude", "selector", "vars", "env_vars",
-        "schema_override", "target", "extra_args", "artifacts_destination", "target_path", "docs_location",
+        "schema_override", "target", "extra_args", "artifacts_destination", "target_path", "only_nodes",
+        "docs_location",
     )
     template_fields_renderers = {"vars": "json", "env_vars": "json"}
     operator_extra_links = (DbtDocsLink(), DbtArtifactsLink())
@@ -84,12 +86,13 @@ class DbtOperator(BaseOperator):
         publish_docs: bool | None = None,
         docs_location: str | None = None,
         docs_conn_id: str | None = None,
-        dbt_unique_id: str | None = None,
         runtime_root: str | None = None,
         target_path: str | None = None,
         in_process: bool = False,
         cancel_grace: float = 30.0,
         extra_args: Sequence[str] | str = (),
+        dbt_unique_id: str | None = None,
+        only_nodes: Sequence[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -135,13 +138,16 @@ class DbtOperator(BaseOperator):
             else publish_docs
         self.docs_location = docs_location
         self.docs_conn_id = docs_conn_id
-        self.dbt_unique_id = dbt_unique_id  # the node a per-node task builds: its "dbt Docs" link opens it
         self.runtime_root = runtime_root
         self.target_path = target_path  # a caller-owned target dir shared by tasks (e.g. for --state)
         self.in_process = in_process
         self.cancel_grace = cancel_grace
         # A string is a template rendered at run time (a list with render_template_as_native_obj).
         self.extra_args: Sequence[str] | str = extra_args if isinstance(extra_args, str) else list(extra_args)
+        # The dbt node this task runs (rendered node tasks; its "dbt Docs" link opens that node), and the
+        # nodes a run chose at run time (templated): a node task whose node is not among them skips.
+        self.dbt_unique_id = dbt_unique_id
+        self.only_nodes = only_nodes
         self._hook: DbtHook | None = None
         self._lineage: Any = None
 
@@ -196,6 +202,7 @@ class DbtOperator(BaseOperator):
 
     # -- execution -----------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
+        self._skip_unless_chosen()
         started = time.time()
         plan = self._plan(context)
         if self.deferrable:
@@ -218,6 +225,14 @@ class DbtOperator(BaseOperator):
         finally:
             self._hook = None
             shutil.rmtree(capture, ignore_errors=True)
+
+    def _skip_unless_chosen(self) -> None:
+        if self.only_nodes is None or self.dbt_unique_id is None:
+            return
+        chosen = [self.only_nodes] if isinstance(self.only_nodes, str) else list(self.only_nodes)
+        if self.dbt_unique_id not in chosen:
+            raise AirflowSkipException(f"{self.dbt_unique_id} is not selected in this run "
+                                       f"({len(chosen)} node(s) are)")
 
     def on_kill(self) -> None:
         """Cancel the running dbt (SIGINT, grace, SIGKILL); the hook then reports partial results."""

@@ -30,7 +30,7 @@ _DUCKDB_NOTE = ("DuckDB allows one writing process per database file, so this DA
 # DbtOperator arguments the project sets itself; operator_args must not repeat them.
 _OWN_ARGS = {"command", "dbt_command", "select", "dbt_models", "exclude", "selector", "dbt_project_dir",
              "conn_id", "profiles_dir", "target", "profile_name", "vars", "runtime_root", "venv_path",
-             "dbt_executable", "env_vars", "task_id", "extra_args"}
+             "dbt_executable", "env_vars", "task_id", "extra_args", "only_nodes", "dbt_unique_id"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class DbtProject:
     manifest_path: str | None = None  # a manifest built in CI (recommended); else `dbt ls` at render
     source_freshness: bool = False  # nodes/layers: a freshness task before the readers of each source
     execution: str = "isolated"  # nodes: how node tasks run
+    # nodes: the unique ids a run builds, chosen at run time (a template, e.g. an XCom of `dbt ls`):
+    # the other node tasks skip, and a skipped upstream does not skip its downstream.
+    run_only: str | None = None
     runtime_root: str | None = None
     venv_path: str | None = None
     dbt_executable: str | None = None
@@ -86,7 +89,9 @@ class DbtProject:
 
     def common_args(self) -> dict[str, Any]:
         """The DbtOperator arguments every task of the project gets."""
-        return {"dbt_project_dir": self.project_dir, "conn_id": self.conn_id,
+        chosen: dict[str, Any] = {} if self.run_only is None else {
+            "only_nodes": self.run_only, "trigger_rule": "none_failed"}
+        return {**chosen, "dbt_project_dir": self.project_dir, "conn_id": self.conn_id,
                 "profiles_dir": self.profiles_dir, "target": self.target, "profile_name": self.profile_name,
                 "vars": dict(self.vars) if self.vars else None, "runtime_root": self.runtime_root,
                 "venv_path": self.venv_path, "dbt_executable": self.dbt_executable,
