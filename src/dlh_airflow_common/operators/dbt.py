@@ -24,7 +24,7 @@ from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.lineage import emit_node_events
 from dlh_airflow_common.links import DbtArtifactsLink, DbtDocsLink
-from dlh_airflow_common.operators import settings
+from dlh_airflow_common.operators import settings, streamed
 from dlh_airflow_common.operators.deferral import DetachedRun, exception_from_event, trigger_deadline
 from dlh_airflow_common.operators.reporting import Reporter
 from dlh_airflow_common.operators.retry_state import Plan, RetryState
@@ -93,6 +93,9 @@ class DbtOperator(BaseOperator):
         extra_args: Sequence[str] | str = (),
         dbt_unique_id: str | None = None,
         only_nodes: Sequence[str] | str | None = None,
+        stream_nodes: bool = False,
+        stream_from: str | None = None,
+        node_tests: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -148,6 +151,13 @@ class DbtOperator(BaseOperator):
         # nodes a run chose at run time (templated): a node task whose node is not among them skips.
         self.dbt_unique_id = dbt_unique_id
         self.only_nodes = only_nodes
+        # Streamed per-node mode: the producer builds the selection in one detached dbt process and
+        # streams node results; a node task (stream_from=<producer task id>) reflects its node's.
+        self.stream_nodes = stream_nodes
+        self.stream_from = stream_from
+        self.node_tests = list(node_tests)
+        if stream_from:
+            streamed.born_in_triggerer(self)
         self._hook: DbtHook | None = None
         self._lineage: Any = None
 
@@ -203,9 +213,14 @@ class DbtOperator(BaseOperator):
     # -- execution -----------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
         self._skip_unless_chosen()
+        if self.stream_from and int(context["ti"].try_number or 1) == 1:
+            streamed.watch_from_worker(self, context)  # defers, or reschedules until the producer runs
+        return self._run(context)
+
+    def _run(self, context: Context) -> dict[str, Any]:
         started = time.time()
         plan = self._plan(context)
-        if self.deferrable:
+        if self.deferrable or self.stream_nodes:
             self._defer(context, plan, started)
         capture = Path(tempfile.mkdtemp(prefix="dbt-artifacts-"))
         try:
@@ -249,6 +264,7 @@ class DbtOperator(BaseOperator):
             keep_target_artifacts=self.keep_target_artifacts, target_path=self.target_path or None,
             retry_limit=self.retry_limit, retry_delay=self.transient_retry_delay,
             venv_path=self.venv_path, dbt_executable=self.dbt_executable, cancel_grace=self.cancel_grace,
+            stream_to=streamed.producer_dir(self._root(), context) if self.stream_nodes else None,
         )
         ctl = run.launch()
         self.log.info("dbt %s started detached (control dir %s); deferring", plan.command, ctl.path)
@@ -265,6 +281,10 @@ class DbtOperator(BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: same results, errors and metrics as a synchronous run."""
+        if "outcome" in event:  # a node task of the streamed mode
+            if streamed.outcome(event):
+                return self._run(context)  # the producer did not build the node: build it here
+            return {"unique_id": self.dbt_unique_id, "outcome": event["outcome"]}
         ctl = ControlDir(Path(event["control_dir"]))
         seconds = time.time() - float(event.get("started_at") or time.time())
         try:
@@ -277,7 +297,8 @@ class DbtOperator(BaseOperator):
                                              self.retry_from_failure)
             raise exc
         finally:
-            shutil.rmtree(ctl.path, ignore_errors=True)
+            if not self.stream_nodes:  # a producer's dir outlives it: late node tasks still read it
+                shutil.rmtree(ctl.path, ignore_errors=True)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage provider hook: the task's inputs/outputs; per-node events are emitted too."""

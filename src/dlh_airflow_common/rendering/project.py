@@ -21,7 +21,15 @@ from airflow.sdk import DAG, BaseOperator, TaskGroup
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.rendering.graph import build_layers
 from dlh_airflow_common.rendering.loader import GraphSource, LoadedGraph, load_graph
-from dlh_airflow_common.rendering.tasks import NODE_ARGS, NODE_EXECUTIONS, layer_doc, node_doc, task_ids, wire
+from dlh_airflow_common.rendering.tasks import (
+    NODE_ARGS,
+    NODE_EXECUTIONS,
+    PRODUCER_TASK_ID,
+    layer_doc,
+    node_doc,
+    task_ids,
+    wire,
+)
 
 Shape = Literal["single", "layers", "nodes"]
 SHAPES = ("single", "layers", "nodes")
@@ -155,6 +163,15 @@ def _render(project: DbtProject, *, serialised: bool, loaded: LoadedGraph | None
             ("test" if node.resource_type == "test" else "build"), note), args)
     if project.shape == "nodes":
         edges += [(tasks[up], tasks[down]) for up, down in graph.edges()]
+        if project.execution == "streamed":
+            producer = DbtOperator(
+                task_id=PRODUCER_TASK_ID, command="build", select=list(project.select) or None,
+                exclude=list(project.exclude) or None, selector=project.selector, stream_nodes=True,
+                doc_md="Builds the whole selection in one detached `dbt build` and streams each node's "
+                       "result to the node tasks, which wait for it in the triggerer.", **args)
+            waiting = {id(down) for _, down in edges}
+            edges += [(producer, t) for t in tasks.values() if id(t) not in waiting]
+            tasks[PRODUCER_TASK_ID] = producer
     else:
         layers = build_layers(graph, loaded.layers, project.layers)
         for layer in layers:
