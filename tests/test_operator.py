@@ -161,7 +161,8 @@ def test_build_success(dags: Any, mode: str, warehouse: str,
         "catalog.json.gz", "manifest.json.gz", "run_results.json.gz", "sources.json.gz"]
     assert json.loads(gzip.decompress((up / "run_results.json.gz").read_bytes()))["results"]
     # links
-    assert _xcom(dr, "_link_DbtDocsLink") == "https://docs.example.com/dbt"
+    # the docs the API server serves (the docs plugin is on; dbt_docs_url is its fallback), project overview
+    assert _xcom(dr, "_link_DbtDocsLink") == "/dbt-docs/demo/#!/overview"
     assert _xcom(dr, "_link_DbtArtifactsLink") == (
         f"https://artifacts.example.com/dbt/{dr.dag_id}/dbt/{dr.run_id}/")
     if mode == "deferred":
