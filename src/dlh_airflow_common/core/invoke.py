@@ -21,15 +21,19 @@ from dlh_airflow_common.core.artifacts import (
     load_sources,
     summarize,
 )
-from dlh_airflow_common.core.classify import classify_messages, is_transient
+from dlh_airflow_common.core.classify import Evidence, classify, is_transient
 from dlh_airflow_common.core.events import EventCollector, redact
 from dlh_airflow_common.core.exceptions import (
     DbtCancelledException,
     DbtConnectionException,
-    DbtException,
-    DbtRuntimeException,
-    DbtTestFailure,
     DbtTimeoutException,
+)
+from dlh_airflow_common.core.failure import (
+    MAX_SQL_NODES,
+    first_real_line,
+    fresh_output,
+    with_compiled_sql,
+    without_compiled_paths,
 )
 from dlh_airflow_common.core.profile_setup import ProfileConfig, plain_env, resolve_profile
 from dlh_airflow_common.core.profiles import ProfilesDir
@@ -275,7 +279,9 @@ class DbtInvoker:
         is_freshness = command.words[:2] == ["source", "freshness"]
         with contextlib.suppress(FileNotFoundError):
             (target_dir / ("sources.json" if is_freshness else "run_results.json")).unlink()
-        collector = EventCollector(progress=self.progress, secrets=secrets)
+        runtime = self.runtime
+        collector = EventCollector(progress=self.progress, secrets=secrets,
+                                   rewrite=runtime.user_paths if runtime is not None else None)
         self._say(f"Running {shown} (attempt {attempt})")
         sink = self.event_sink
 
@@ -289,7 +295,7 @@ class DbtInvoker:
         sources = load_sources(target_dir) if (target_dir / "sources.json").exists() else {}
         summary = summarize(sources if is_freshness else run_results)
         for line in summary.lines():
-            self._say(redact(line, secrets))
+            self._say(collector.clean(line))
         result = DbtTaskResult(
             success=outcome.return_code == 0 and not outcome.cancelled,
             return_code=outcome.return_code,
@@ -302,8 +308,14 @@ class DbtInvoker:
         )
         if result.success:
             return result
-        failed = [{**f, "message": redact(f["message"], secrets)} for f in summary.failures]
-        tail = collector.output_tail()
+        clean = collector.clean
+        target_removed = not self.keep_target_artifacts and self.target_path is None
+        failed = with_compiled_sql(summary.failures, run_results, clean, target_removed)
+        for row in failed[:MAX_SQL_NODES]:
+            self._say(f"{row['unique_id']} [{row['status']}]: {row['message']}")
+        tail = fresh_output(collector.tail, [f["message"] for f in failed])
+        if target_removed:
+            tail = without_compiled_paths(tail)
         details: dict[str, Any] = {"command": shown, "return_code": outcome.return_code,
                                    "failed_nodes": failed, "output_tail": tail, "summary": summary,
                                    "attempts": attempt}
@@ -313,18 +325,20 @@ class DbtInvoker:
             why = f"timed out after {self.timeout:.0f}s" if outcome.timed_out else "was cancelled"
             raise cls(f"dbt {command.command} {why}; {done} of {summary.total} nodes had finished "
                       f"successfully", **details)
-        messages = [f["message"] for f in failed] + collector.errors
-        if not messages:
-            messages = [tail]
-        exc_cls: type[DbtException] = classify_messages(messages)
-        if exc_cls is DbtRuntimeException and failed and all(f["status"] == "fail" for f in failed):
-            exc_cls = DbtTestFailure
+        messages = [m for m in (collector.exception_message, *collector.errors) if m] or [tail]
+        exc_cls = classify(Evidence(
+            exception_classes=collector.exception_classes,
+            exception_message=collector.exception_message,
+            error_events=collector.error_events,
+            failed_nodes=summary.failures,
+            messages=messages,
+        ))
         if failed:
             headline = f"dbt {command.command} failed ({exc_cls.__name__}): {len(failed)} failing node(s)"
         else:
-            first = next((m.strip().splitlines()[0] for m in messages if m.strip()), "no output")
-            headline = f"dbt {command.command} failed ({exc_cls.__name__}) before running any node: {first}"
-        if exc_cls is DbtConnectionException:
+            headline = (f"dbt {command.command} failed ({exc_cls.__name__}) before running any node: "
+                        f"{first_real_line(messages)}")
+        if issubclass(exc_cls, DbtConnectionException):
             conn = self.profile.connection
-            raise DbtConnectionException(headline, conn_id=conn.conn_id if conn else None, **details)
+            raise exc_cls(headline, conn_id=conn.conn_id if conn else None, **details)
         raise exc_cls(headline, **details)
