@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +23,12 @@ from dlh_airflow_common.core.artifacts import (
     summarize,
 )
 from dlh_airflow_common.core.classify import Evidence, classify, is_transient
+from dlh_airflow_common.core.duckdb_lock import default_wait, duckdb_file, duckdb_writer
 from dlh_airflow_common.core.events import EventCollector, redact
 from dlh_airflow_common.core.exceptions import (
     DbtCancelledException,
     DbtConnectionException,
+    DbtDuckDBLockedException,
     DbtTimeoutException,
 )
 from dlh_airflow_common.core.failure import (
@@ -131,6 +134,7 @@ class DbtInvoker:
         partial_parse: bool = True,
         artifacts_callback: ArtifactsCallback | None = None,
         event_sink: Callable[[dict[str, Any]], None] | None = None,
+        duckdb_lock_wait: float | None = None,
     ) -> None:
         self.project_dir = validate_project_dir(project_dir)
         self.event_sink = event_sink  # sees every dbt event (e.g. ``dbt ls`` output lines)
@@ -149,6 +153,10 @@ class DbtInvoker:
         self.partial_parse = partial_parse
         self.artifacts_callback = artifacts_callback
         self.runtime: DbtRuntime | None = None
+        # How long a command waits for another task's dbt on the same DuckDB file.
+        self.duckdb_lock_wait = default_wait() if duckdb_lock_wait is None else float(duckdb_lock_wait)
+        self._cancelled = threading.Event()
+        self._duckdb_file: Path | None = None
         profile.check()
 
     def _keeps_log_file(self) -> bool:
@@ -161,6 +169,8 @@ class DbtInvoker:
         """Run ``command``; raise a classified :class:`DbtException` unless it succeeded."""
         setup = resolve_profile(self.profile, self.project_dir, self.env_vars)
         secrets = setup.secrets
+        self._cancelled.clear()
+        self._duckdb_file = duckdb_file(setup.output(), command.words)
         is_deps = command.words[:1] == ["deps"]
         runtime = DbtRuntime.create(
             self.project_dir,
@@ -211,7 +221,7 @@ class DbtInvoker:
                 for attempt in retrying:
                     with attempt:
                         attempts = attempt.retry_state.attempt_number
-                        with self._deps_lock(runtime, is_deps):
+                        with self._deps_lock(runtime, is_deps), self._duckdb_writer(runtime):
                             result = self._attempt(call, shown, command, target_dir, secrets, attempts)
                 if is_deps:
                     runtime.publish_packages()
@@ -235,6 +245,7 @@ class DbtInvoker:
 
     def cancel(self) -> None:
         """Stop the running command (SIGINT, grace period, SIGKILL); the caller gets partial results."""
+        self._cancelled.set()  # also ends a wait for a DuckDB file
         self.runner.cancel()
 
     # -- internals ----------------------------------------------------------------------------
@@ -265,6 +276,12 @@ class DbtInvoker:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _duckdb_writer(self, runtime: DbtRuntime) -> contextlib.AbstractContextManager[None]:
+        """Wait for, then hold, the DuckDB file this command writes (a no-op for other warehouses)."""
+        return duckdb_writer(self._duckdb_file, run_name=runtime.run_dir.name,
+                             runtime_root=runtime.run_dir.parent.parent, wait=self.duckdb_lock_wait,
+                             say=self._say, cancelled=self._cancelled)
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -333,7 +350,11 @@ class DbtInvoker:
             failed_nodes=summary.failures,
             messages=messages,
         ))
-        if failed:
+        if exc_cls is DbtDuckDBLockedException:
+            db = f" {self._duckdb_file}" if self._duckdb_file else ""
+            headline = (f"dbt {command.command} failed ({exc_cls.__name__}): another process holds the "
+                        f"DuckDB file{db} (one writer per file): {first_real_line(messages)}")
+        elif failed:
             headline = f"dbt {command.command} failed ({exc_cls.__name__}): {len(failed)} failing node(s)"
         else:
             headline = (f"dbt {command.command} failed ({exc_cls.__name__}) before running any node: "
