@@ -183,7 +183,7 @@ def test_profiles_dir_is_private_and_removed(tmp_path: Path) -> None:
     ],
 )
 def test_classifier_on_a_foreign_clis_text(message: str, cls: type) -> None:
-    assert classify(Evidence(error_events=["MainEncounteredError"], messages=[message])) is cls
+    assert classify(Evidence(messages=[message])) is cls
     assert cls(message).retryable is (cls is DbtConnectionException)
 
 

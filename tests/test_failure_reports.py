@@ -17,6 +17,7 @@ from dlh_airflow_common.core import (
     DbtInvoker,
     DbtProfileException,
     DbtProjectException,
+    DbtRuntime,
     DbtRuntimeException,
     InProcessRunner,
 )
@@ -124,14 +125,13 @@ def test_invalid_project_file_is_a_project_error_with_the_users_path(
     (Evidence(failed_nodes=[{"status": "error", "message": "server closed the connection unexpectedly"}]),
      DbtConnectionException),
     # a dbt CLI from another venv: event names and text are all there is
-    (Evidence(error_events=["MainEncounteredError"],
-              messages=["Encountered an error:\nCompilation Error\n  Model 'x' depends on 'y'"]),
+    (Evidence(messages=["Encountered an error:\nCompilation Error\n  Model 'x' depends on 'y'"]),
      DbtCompilationException),
-    (Evidence(error_events=["MainEncounteredError"], messages=["Encountered an error:\nRuntime Error\n"
+    (Evidence(messages=["Encountered an error:\nRuntime Error\n"
                                                                "  at path ['version']\nError encountered "
                                                                "in /p/dbt_project.yml"]),
      DbtProjectException),
-    (Evidence(error_events=["MainEncounteredError"], messages=["query timed out, try again later"]),
+    (Evidence(messages=["query timed out, try again later"]),
      DbtRuntimeException),
 ])
 def test_classification(evidence: Evidence, expected: type[DbtException]) -> None:
@@ -146,3 +146,19 @@ def test_headline_skips_dbt_wrappers_and_sql_is_bounded() -> None:
     shown = bounded(sql)
     assert shown.splitlines()[59] == "select 59" and shown.endswith("-- ... (cut)")
     assert len(bounded("x" * 100_000).encode()) <= MAX_SQL_BYTES + 20
+
+
+def test_shadow_paths_read_as_the_users_project(demo_project: Path, runtime_root: Path) -> None:
+    shared = DbtRuntime.create(demo_project, runtime_root=runtime_root)
+    deps = DbtRuntime.create(demo_project, runtime_root=runtime_root, for_deps=True)
+    real = demo_project / "models" / "a.sql"
+    for runtime in (shared, deps):
+        inner = runtime.shadow_dir / "models" / "a.sql"
+        assert str(runtime_root) in str(inner)
+        for shown in (inner, inner.parent.resolve() / "a.sql"):  # via the stable link or its target
+            assert runtime.user_paths(f"Error in {shown}: boom") == f"Error in {real}: boom"
+    # paths that are not the shadow stay as they are
+    other = f"{shared.target_dir}/run/x.sql and {runtime_root}/projects-other/y"
+    assert shared.user_paths(other) == other
+    shared.cleanup()
+    deps.cleanup()

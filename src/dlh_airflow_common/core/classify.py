@@ -76,9 +76,8 @@ class Evidence:
 
     exception_classes: Sequence[str] = ()  # MRO names of dbt's exception, when it raised one
     exception_message: str = ""
-    error_events: Sequence[str] = ()  # names of dbt's error-level events (any dbt, any runner)
     failed_nodes: Sequence[dict[str, Any]] = field(default_factory=list)  # run_results rows
-    messages: Sequence[str] = ()  # error texts of the run (events, a foreign CLI's output)
+    messages: Sequence[str] = ()  # error texts (error events such as a foreign CLI's MainEncounteredError)
 
 
 def _connection_class(texts: Iterable[str]) -> type[DbtException]:

@@ -38,7 +38,6 @@ class EventCollector:
         self._rewrite = rewrite  # e.g. private shadow paths back to the user's project
         self.tail: deque[str] = deque(maxlen=tail_size)
         self.errors: list[str] = []
-        self.error_events: list[str] = []  # names of dbt's error-level events
         self.exception_classes: list[str] = []  # dbt's exception, when our entry or dbtRunner saw one
         self.exception_message = ""
         self.node_results: list[dict[str, Any]] = []
@@ -72,10 +71,8 @@ class EventCollector:
             return
         if msg and level in {"info", "warn", "error"}:
             self._remember(msg)
-        if level == "error":
-            self.error_events.append(name)
-            if msg and msg not in self.errors:
-                self.errors.append(msg)
+        if level == "error" and msg and msg not in self.errors:
+            self.errors.append(msg)
         if name == "MainReportVersion" and msg:
             self._progress(msg)  # "Running with dbt=1.x.y": which dbt ran (venv_path, dbt_executable)
         node = data.get("node_info") or {}

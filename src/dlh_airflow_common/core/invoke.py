@@ -346,7 +346,6 @@ class DbtInvoker:
         exc_cls = classify(Evidence(
             exception_classes=collector.exception_classes,
             exception_message=collector.exception_message,
-            error_events=collector.error_events,
             failed_nodes=summary.failures,
             messages=messages,
         ))
