@@ -80,3 +80,19 @@ def group_pids(pgid: int) -> list[int]:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 pids.append(int(entry))
     return pids
+
+
+def pids_with_env(marker: str) -> list[int]:
+    """Live processes (not zombies, whose environ reads empty) with exactly this variable set."""
+    found = []
+    needle = b"\0" + marker.encode() + b"\0"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in b"\0" + environ + b"\0":
+            found.append(int(entry.name))
+    return found
