@@ -222,6 +222,7 @@ class DbtRuntime:
     _parse_key: str = field(default="default", repr=False)
     _parse_target: Path | None = field(default=None, repr=False)
     _layout: _ShadowLayout | None = field(default=None, repr=False)
+    _shadow_pattern: re.Pattern[str] | None = field(default=None, repr=False)
 
     @property
     def target_dir(self) -> Path:
@@ -317,7 +318,9 @@ class DbtRuntime:
         deps run's ``runs/<run>/project``); a path there means nothing to whoever reads the error.
         """
         top = str(self._layout.top if self._layout is not None else self.project_dir)
-        return _shadow_paths(self.cache.root, self.run_dir).sub(lambda m: top, text)
+        if self._shadow_pattern is None:  # once per run: it is applied to every dbt event
+            self._shadow_pattern = _shadow_paths(self.cache.root, self.run_dir)
+        return self._shadow_pattern.sub(lambda m: top, text)
 
     def cleanup(self) -> None:
         """Remove what the run wrote; keep target and logs when asked to."""
