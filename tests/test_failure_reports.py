@@ -22,7 +22,8 @@ from dlh_airflow_common.core import (
     InProcessRunner,
 )
 from dlh_airflow_common.core.classify import Evidence, classify
-from dlh_airflow_common.core.failure import MAX_SQL_BYTES, bounded, first_real_line
+from dlh_airflow_common.core.events import redact
+from dlh_airflow_common.core.failure import MAX_SQL_BYTES, bounded, first_real_line, with_compiled_sql
 from dlh_airflow_common.core.profile_setup import ProfileConfig
 from tests.conftest import CANARY, add_model
 from tests.pgserver import PgServer, free_port
@@ -162,3 +163,22 @@ def test_shadow_paths_read_as_the_users_project(demo_project: Path, runtime_root
     assert shared.user_paths(other) == other
     shared.cleanup()
     deps.cleanup()
+
+
+def test_compiled_sql_replaces_a_removed_path_and_is_redacted(tmp_path: Path) -> None:
+    gone = tmp_path / "runs" / "run_x" / "target" / "run" / "m.sql"
+    on_disk = tmp_path / "compiled.sql"
+    on_disk.write_text("select 'from the file' as source\n")
+    failures = [
+        {"unique_id": "model.p.a", "status": "error",
+         "message": f"Database Error in model a\n  boom\n  compiled code at {gone}"},
+        {"unique_id": "model.p.b", "status": "error",
+         "message": f"Database Error in model b\n  boom\n  compiled code at {on_disk}"},
+    ]
+    results = {"results": [{"unique_id": "model.p.a", "compiled_code": "select 'S3cret-Value' as k\n"}]}
+    rows = with_compiled_sql(failures, results, lambda t: redact(t, ["S3cret-Value"]), target_removed=True)
+    assert rows[0]["message"] == "Database Error in model a\n  boom\ncompiled SQL:\nselect '*****' as k"
+    assert rows[1]["message"].endswith("compiled SQL:\nselect 'from the file' as source")
+    assert "compiled code at" not in rows[0]["message"] + rows[1]["message"]
+    kept = with_compiled_sql(failures[:1], results, str, target_removed=False)
+    assert f"compiled code at {gone}" in kept[0]["message"]  # a kept target dir: the path is real
