@@ -122,3 +122,17 @@ def test_a_file_another_program_holds_is_a_clear_lock_error(demo_project: Path, 
 def test_which_commands_lock_which_file(output: dict[str, str], words: list[str],
                                         expected: Path | None) -> None:
     assert duckdb_file(output, words) == expected
+
+
+def test_a_bad_wait_is_refused(demo_project: Path, duck_conn_id: str, runtime_root: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlh_airflow_common.core import ConnectionInfo, DbtInvoker, ProfileConfig
+
+    profile = ProfileConfig(connection=ConnectionInfo("d", "duckdb", host="/x.duckdb"))
+    with pytest.raises(ValueError, match="duckdb_lock_wait=-1 must be seconds >= 0"):
+        DbtInvoker(demo_project, profile, runtime_root=runtime_root, duckdb_lock_wait=-1)
+    monkeypatch.setenv("DLH_DUCKDB_LOCK_WAIT", "an hour")
+    with pytest.raises(ValueError, match="DLH_DUCKDB_LOCK_WAIT='an hour' is not a number of seconds"):
+        DbtInvoker(demo_project, profile, runtime_root=runtime_root)
+    monkeypatch.setenv("DLH_DUCKDB_LOCK_WAIT", "90")
+    assert DbtInvoker(demo_project, profile, runtime_root=runtime_root).duckdb_lock_wait == 90

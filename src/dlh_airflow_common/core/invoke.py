@@ -155,6 +155,8 @@ class DbtInvoker:
         self.runtime: DbtRuntime | None = None
         # How long a command waits for another task's dbt on the same DuckDB file.
         self.duckdb_lock_wait = default_wait() if duckdb_lock_wait is None else float(duckdb_lock_wait)
+        if self.duckdb_lock_wait < 0:
+            raise ValueError(f"duckdb_lock_wait={duckdb_lock_wait!r} must be seconds >= 0")
         self._cancelled = threading.Event()
         self._duckdb_file: Path | None = None
         profile.check()
