@@ -124,7 +124,7 @@ def test_which_commands_lock_which_file(output: dict[str, str], words: list[str]
     assert duckdb_file(output, words) == expected
 
 
-def test_a_bad_wait_is_refused(demo_project: Path, duck_conn_id: str, runtime_root: Path,
+def test_a_bad_wait_is_refused(demo_project: Path, runtime_root: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     from dlh_airflow_common.core import ConnectionInfo, DbtInvoker, ProfileConfig
 
