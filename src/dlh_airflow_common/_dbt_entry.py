@@ -14,6 +14,8 @@ import sys
 from typing import Any
 
 _LEVELS = {"info", "warn", "error"}
+# Debug-level events the parent reads anyway: each node's final result, for per-node streaming.
+_NAMES = {"NodeFinished"}
 # Name of the event that carries dbt's exception; not one of dbt's own event names.
 EXCEPTION_EVENT = "DlhDbtException"
 
@@ -29,7 +31,7 @@ def exception_event(exc: BaseException) -> dict[str, Any]:
 
 
 def _emit(msg: Any) -> None:
-    if msg.info.level not in _LEVELS:
+    if msg.info.level not in _LEVELS and msg.info.name not in _NAMES:
         return
     from google.protobuf.json_format import MessageToDict
 
