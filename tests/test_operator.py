@@ -20,6 +20,7 @@ from dlh_airflow_common.core.exceptions import DbtCancelledException
 from dlh_airflow_common.operators.dbt import DbtOperator
 from tests.conftest import _SCRATCH, CANARY, REPO
 from tests.pgserver import PgServer, free_port
+from tests.processes import dbt_processes, no_dbt_processes
 
 DAG_FILE = REPO / "tests" / "dags" / "dbt_operator_dags.py"
 RUNTIME = Path(os.environ["DLH_DBT_RUNTIME_ROOT"])
@@ -108,29 +109,11 @@ def _xcom(dr: Any, key: str = "return_value") -> Any:
 
 
 def _dbt_processes() -> list[str]:
-    """dbt processes and detached supervisors of this test session (other runs on the box ignored)."""
-    mine = str(RUNTIME).encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        is_dbt = b"dlh_airflow_common.core.detached" in cmdline or b"bin/dbt " in cmdline
-        if is_dbt and (mine in cmdline or mine in environ):
-            found.append(f"{entry} {cmdline.decode(errors='replace')}")
-    return found
+    return dbt_processes(RUNTIME)
 
 
 def _no_dbt_processes(within: float = 10.0) -> bool:
-    """The detached supervisor writes its final status just before exiting: allow it to exit."""
-    deadline = time.monotonic() + within
-    while _dbt_processes() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return _dbt_processes() == []
+    return no_dbt_processes(RUNTIME, within)
 
 
 @pytest.mark.parametrize("mode", ["sync", "deferred"])

@@ -27,6 +27,7 @@ from dlh_airflow_common._compat import airflow_at_least
 from dlh_airflow_common.core import ConnectionInfo, DbtCommand, DbtInvoker, ProfileConfig
 from tests.conftest import EXAMPLES, REPO
 from tests.pgserver import PgServer, free_port
+from tests.processes import dbt_processes, no_dbt_processes, pids_with_env
 
 DAG_ID = "smoke_deferrable_dbt"
 TASK_ID = "dbt_build"
@@ -117,7 +118,7 @@ class AirflowStack:
         # Anything that started its own session (a detached dbt run, a task process) still carries our
         # unique AIRFLOW_HOME in its environment.
         deadline = time.monotonic() + 10
-        while (left := _pids_with_env(f"AIRFLOW_HOME={self.home}")) and time.monotonic() < deadline:
+        while (left := pids_with_env(f"AIRFLOW_HOME={self.home}")) and time.monotonic() < deadline:
             for pid in left:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -132,22 +133,6 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _pids_with_env(marker: str) -> list[int]:
-    """Live processes (not zombies, whose environ reads empty) with exactly this variable set."""
-    found = []
-    needle = b"\0" + marker.encode() + b"\0"
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in b"\0" + environ + b"\0":
-            found.append(int(entry.name))
-    return found
 
 
 def _wait(what: str, predicate: object, stack: AirflowStack, timeout: float, interval: float = 0.5) -> object:
@@ -306,6 +291,8 @@ def test_scheduler_triggerer_run_deferrable_dbt(pg: PgServer, smoke_env: tuple[d
         with duckdb.connect(str(tmp_path / "smoke.duckdb"), read_only=True) as db:
             built = db.execute("select table_name from information_schema.tables").fetchall()
         assert ("customer_orders",) in built, built
+        # The detached dbt run and its supervisor are gone once the task is done, not at teardown.
+        assert no_dbt_processes(runtime, 30), dbt_processes(runtime)
     finally:
         survivors = stack.stop()
         phase("stopped")

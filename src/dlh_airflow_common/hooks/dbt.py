@@ -55,6 +55,7 @@ class DbtHook(BaseHook):
         artifacts_callback: ArtifactsCallback | None = None,
         partial_parse: bool = True,
         event_sink: Callable[[dict[str, Any]], None] | None = None,
+        duckdb_lock_wait: float | None = None,
     ) -> None:
         super().__init__()
         if not conn_id and not profiles_dir:
@@ -81,6 +82,7 @@ class DbtHook(BaseHook):
         self.artifacts_callback = artifacts_callback
         self.partial_parse = partial_parse
         self.event_sink = event_sink
+        self.duckdb_lock_wait = duckdb_lock_wait  # None: $DLH_DUCKDB_LOCK_WAIT or one hour
         self.last_result: DbtTaskResult | None = None
         self._invoker: DbtInvoker | None = None
         self._connection: ConnectionInfo | None = None
@@ -158,6 +160,7 @@ class DbtHook(BaseHook):
             partial_parse=self.partial_parse,
             artifacts_callback=self.artifacts_callback,
             event_sink=self.event_sink,
+            duckdb_lock_wait=self.duckdb_lock_wait,
         )
         try:
             self.last_result = self._invoker.invoke(
