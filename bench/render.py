@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +48,12 @@ import importlib.util, json, resource, sys, time
 import airflow.sdk  # noqa: F401  what the DAG processor has imported before any DAG file
 from airflow.serialization.serialized_objects import DagSerialization
 path, kind, expected, serialize = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
-start = time.perf_counter()
+base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+start, cpu = time.perf_counter(), time.process_time()
 spec = importlib.util.spec_from_file_location("bench_dag", path)
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-seconds = time.perf_counter() - start
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 dag = module.dag
 if kind == "floor":
@@ -66,8 +68,9 @@ if serialize:
     restored = DagSerialization.from_dict(DagSerialization.to_dict(dag))
     ser = time.perf_counter() - start
     assert len(restored.task_dict) == len(dag.task_dict)
-print(json.dumps({"seconds": seconds, "rss_mb": rss_mb, "models": models, "tasks": len(dag.tasks),
-                  "edges": sum(len(t.downstream_task_ids) for t in dag.tasks), "ser": ser}))
+print(json.dumps({"seconds": seconds, "cpu": cpu, "rss_mb": rss_mb, "base_mb": base_mb, "models": models,
+                  "tasks": len(dag.tasks), "edges": sum(len(t.downstream_task_ids) for t in dag.tasks),
+                  "ser": ser}))
 '''
 
 FLOOR_DAG = '''from datetime import datetime
@@ -115,8 +118,10 @@ PROFILES = '''bench_render:
 
 @dataclass
 class Run:
-    seconds: float
-    rss_mb: float
+    seconds: float  # wall time of the DAG file's import
+    cpu: float  # CPU time of the same (moves less than wall on a busy machine)
+    rss_mb: float  # peak RSS of the process after the import
+    base_mb: float  # peak RSS before it: python with airflow.sdk and the serializer imported
     models: int
     tasks: int
     edges: int
@@ -210,24 +215,49 @@ def _min(runs: list[Run], attr: str) -> float:
     return float(min(getattr(r, attr) for r in runs))
 
 
-COLUMNS = (("models", 7, "d"), ("floor s", 8, ".3f"), ("ours s", 8, ".3f"), ("ours+ser s", 10, ".3f"),
-           ("cosmos s", 9, ".3f"), ("ours/floor", 10, ".2f"), ("ours/cosmos", 11, ".2f"),
-           ("RSS floor MB", 12, ".0f"), ("RSS ours MB", 11, ".0f"), ("RSS cosmos MB", 13, ".0f"),
-           ("RSS ratio", 9, ".2f"))
+def _total(runs: list[Run], pick: Callable[[list[float]], float]) -> float:
+    return pick([r.seconds + r.ser for r in runs])
 
 
-def table(results: dict[int, dict[str, list[Run]]], stat: str) -> list[str]:
-    """One row per size: times, ratios and peak RSS (``stat``: median or min over the rounds)."""
-    pick = _med if stat == "median" else _min
-    lines = [f"{stat} over {len(next(iter(results.values()))['ours'])} rounds",
-             " ".join(f"{name:>{width}}" for name, width, _ in COLUMNS)]
+def _row(values: Sequence[tuple[str, float, str]]) -> tuple[str, str]:
+    """(header, line) with each column as wide as its name."""
+    widths = [max(len(name), 7) for name, _, _ in values]
+    return (" ".join(f"{name:>{w}}" for (name, _, _), w in zip(values, widths, strict=True)),
+            " ".join(f"{v:>{w}{fmt}}" for (_, v, fmt), w in zip(values, widths, strict=True)))
+
+
+def tables(results: dict[int, dict[str, list[Run]]]) -> list[str]:
+    """Wall time (median, then min), CPU time and peak RSS per size; ratios are ours over the others."""
+    rounds = len(next(iter(results.values()))["ours"])
+    lines: list[str] = []
+    for stat, pick in (("median", statistics.median), ("min", min)):
+        rows = []
+        for n, runs in results.items():
+            floor, ours, cosmos = (float(pick([r.seconds for r in runs[k]])) for k in CONTENDERS)
+            rss = {k: float(pick([r.rss_mb for r in runs[k]])) for k in CONTENDERS}
+            rows.append(_row([("models", n, "d"), ("floor s", floor, ".3f"), ("ours s", ours, ".3f"),
+                              ("ours+ser s", _total(runs["ours"], pick), ".3f"), ("cosmos s", cosmos, ".3f"),
+                              ("ours/floor", ours / floor, ".2f"), ("ours/cosmos", ours / cosmos, ".2f"),
+                              ("RSS ours MB", rss["ours"], ".0f"), ("RSS cosmos MB", rss["cosmos"], ".0f"),
+                              ("RSS ratio", rss["ours"] / rss["cosmos"], ".2f")]))
+        lines += [f"wall time and peak RSS, {stat} of {rounds} rounds", rows[0][0], *(r[1] for r in rows), ""]
+    rows = []
     for n, runs in results.items():
-        floor, ours, cosmos = (pick(runs[k], "seconds") for k in CONTENDERS)
-        total = pick([Run(r.seconds + r.ser, 0, 0, 0, 0, 0) for r in runs["ours"]], "seconds")
-        rss = {k: pick(runs[k], "rss_mb") for k in CONTENDERS}
-        row = (n, floor, ours, total, cosmos, ours / floor, ours / cosmos, rss["floor"], rss["ours"],
-               rss["cosmos"], rss["ours"] / rss["cosmos"])
-        lines.append(" ".join(f"{v:>{width}{fmt}}" for v, (_, width, fmt) in zip(row, COLUMNS, strict=True)))
+        cpu = {k: _med(runs[k], "cpu") for k in CONTENDERS}
+        added = {k: statistics.median(r.rss_mb - r.base_mb for r in runs[k]) for k in CONTENDERS}
+        rows.append(_row([("models", n, "d"), ("floor cpu s", cpu["floor"], ".3f"),
+                          ("ours cpu s", cpu["ours"], ".3f"), ("cosmos cpu s", cpu["cosmos"], ".3f"),
+                          ("ours/floor", cpu["ours"] / cpu["floor"], ".2f"),
+                          ("ours/cosmos", cpu["ours"] / cpu["cosmos"], ".2f"),
+                          ("ser s", _med(runs["ours"], "ser"), ".3f"),
+                          ("base MB", _med(runs["ours"], "base_mb"), ".0f"),
+                          ("added floor MB", added["floor"], ".0f"), ("added ours MB", added["ours"], ".0f"),
+                          ("added cosmos MB", added["cosmos"], ".0f"),
+                          ("added ratio", added["ours"] / added["cosmos"], ".2f"),
+                          ("ours tasks", runs["ours"][0].tasks, "d"),
+                          ("cosmos tasks", runs["cosmos"][0].tasks, "d")]))
+    lines += [f"CPU time, serialization of ours, and RSS added by the DAG file (medians of {rounds} rounds)",
+              rows[0][0], *(r[1] for r in rows), ""]
     return lines
 
 
@@ -242,25 +272,23 @@ def main(argv: list[str] | None = None) -> int:
     pythons = {"floor": Path(sys.executable), "ours": Path(sys.executable), "cosmos": cosmos_python()}
     started = time.perf_counter()
     results = {n: measure(n, args.rounds, pythons) for n in sorted(args.sizes)}
-    print()
-    for stat in ("median", "min"):
-        print("\n".join(table(results, stat)) + "\n")
-    counts = ", ".join(f"{n}: ours {r['ours'][0].tasks} tasks/{r['ours'][0].edges} edges, cosmos "
-                       f"{r['cosmos'][0].tasks} tasks/{r['cosmos'][0].edges} edges"
-                       for n, r in results.items())
-    print(f"rendered ({counts}); serialization alone (median): " + ", ".join(
-        f"{n}: {_med(r['ours'], 'ser'):.3f}s" for n, r in results.items()))
+    print("\n" + "\n".join(tables(results)))
     print(f"bench wall {time.perf_counter() - started:.0f}s")
     n = max(results)
     runs = results[n]
     floor, ours, cosmos = (_med(runs[k], "seconds") for k in CONTENDERS)
     total = statistics.median(r.seconds + r.ser for r in runs["ours"])
     rss = _med(runs["ours"], "rss_mb") / _med(runs["cosmos"], "rss_mb")
+    added = statistics.median(r.rss_mb - r.base_mb for r in runs["ours"]) / statistics.median(
+        r.rss_mb - r.base_mb for r in runs["cosmos"])
+    cpu = {k: _med(runs[k], "cpu") for k in CONTENDERS}
     ok = ours / floor <= GOAL_VS_FLOOR and ours / cosmos <= GOAL_VS_COSMOS and rss <= GOAL_RSS
     print(f"{'PASS' if ok else 'FAIL'} {n} models (medians of {args.rounds}): ours/floor={ours / floor:.2f} "
           f"(goal <= {GOAL_VS_FLOOR}) ours/cosmos={ours / cosmos:.2f} (goal <= {GOAL_VS_COSMOS:.2f}) "
-          f"rss ours/cosmos={rss:.2f} (goal <= {GOAL_RSS}) [with serialization: /floor={total / floor:.2f} "
-          f"/cosmos={total / cosmos:.2f}]")
+          f"peak rss ours/cosmos={rss:.2f} (goal <= {GOAL_RSS}) | rss added by the DAG file={added:.2f} "
+          f"cpu ours/floor={cpu['ours'] / cpu['floor']:.2f} "
+          f"cpu ours/cosmos={cpu['ours'] / cpu['cosmos']:.2f} "
+          f"with serialization ours/floor={total / floor:.2f} ours/cosmos={total / cosmos:.2f}")
     return 0 if ok else 1
 
 
