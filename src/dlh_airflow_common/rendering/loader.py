@@ -29,7 +29,7 @@ from dlh_airflow_common.rendering.graph import DbtGraph, DbtGraphError, build_gr
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: the graph is a nested object with nodes as rows
 # Never part of the project's identity: what dbt writes, and version-control noise.
 _SKIP_DIRS = {"target", "logs", "dbt_packages", "dbt_modules", ".git", "__pycache__", "node_modules", ".venv"}
 
@@ -76,14 +76,20 @@ def load_graph(source: GraphSource) -> LoadedGraph:
     cache_file = cache_dir / f"{_cache_key(source, project)}.json"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         data = json.loads(cache_file.read_text())
-        return LoadedGraph(DbtGraph.from_json(data["graph"]), data["layers"], True)
-    if manifest is not None and not source.selects_anything and not source.layers:
+        return LoadedGraph(DbtGraph.from_dict(data["graph"]), data["layers"], True)
+    if _from_manifest_alone(source):
+        assert manifest is not None
         graph = build_graph(_read_manifest(manifest), None, source_freshness=source.source_freshness)
         layers: dict[str, list[str]] = {}
     else:
         graph, layers = _ask_dbt(source, project, manifest)
-    _write_atomically(cache_file, json.dumps({"graph": graph.to_json(), "layers": layers}))
+    _write_atomically(cache_file, json.dumps({"graph": graph.to_dict(), "layers": layers}))
     return LoadedGraph(graph, layers, False)
+
+
+def _from_manifest_alone(source: GraphSource) -> bool:
+    """Whether the graph is built from the given manifest without asking dbt (no selection, no layers)."""
+    return bool(source.manifest_path) and not source.selects_anything and not source.layers
 
 
 def _given_manifest(source: GraphSource) -> Path | None:
@@ -114,7 +120,11 @@ def _cache_key(source: GraphSource, project: Path) -> str:
     if source.manifest_path:
         st = Path(source.manifest_path).expanduser().stat()
         h.update(repr((str(Path(source.manifest_path).resolve()), st.st_size, st.st_mtime_ns)).encode())
-    h.update(project_fingerprint(project).encode())
+    if not _from_manifest_alone(source):
+        # Only dbt reads the project files; a graph built from the manifest alone depends on the
+        # manifest's identity above, and hashing every file of a large project would cost more than
+        # the rest of the cached render.
+        h.update(project_fingerprint(project).encode())
     skip = {"project_dir", "manifest_path", "env_vars"}
     settings = {k: v for k, v in vars(source).items() if k not in skip}
     settings["select"], settings["exclude"] = list(source.select), list(source.exclude)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from airflow.sdk import DAG, BaseOperator, TaskGroup
 
 from dlh_airflow_common.operators.dbt import DbtOperator
+from dlh_airflow_common.operators.settings import default_deferrable
 from dlh_airflow_common.rendering.graph import build_layers
 from dlh_airflow_common.rendering.loader import GraphSource, LoadedGraph, load_graph
 from dlh_airflow_common.rendering.tasks import (
@@ -134,6 +135,8 @@ def dbt_dag(dag_id: str, project: DbtProject, **dag_kwargs: Any) -> DAG:
 
 def _render(project: DbtProject, *, serialised: bool, loaded: LoadedGraph | None = None) -> None:
     args = project.common_args()
+    # Resolved once, not by each of thousands of tasks: a config lookup per task is a sixth of a render.
+    args.setdefault("deferrable", default_deferrable())
     deps = DbtOperator(task_id="dbt_deps", command="deps", doc_md="Installs the project's packages "
                        "(into the runtime root; the project stays read-only).", **args) \
         if project.has_packages() else None
