@@ -34,8 +34,6 @@ class EventCollector:
         self._secrets = [s for s in secrets if s]
         self.tail: deque[str] = deque(maxlen=tail_size)
         self.errors: list[str] = []
-        self.node_results: list[dict[str, Any]] = []
-        self.event_count = 0
 
     def feed_text(self, line: str) -> None:
         """A line that is not a JSON event (a traceback on stderr, an adapter's print)."""
@@ -44,7 +42,6 @@ class EventCollector:
             self.tail.append(line)
 
     def feed(self, event: dict[str, Any]) -> None:
-        self.event_count += 1
         info = event.get("info") or {}
         data = event.get("data") or {}
         name = info.get("name", "")
@@ -66,7 +63,6 @@ class EventCollector:
             word = _STATUS_WORDS.get(status, status.upper() or "DONE")
             seconds = float(data.get("execution_time") or 0.0)
             line = f"[{data['index']}/{total}] {word} {node['unique_id']} {seconds:.1f}s"
-            self.node_results.append({"unique_id": node["unique_id"], "status": word})
             self._progress(line)
 
     def output_tail(self, lines: int = 25) -> str:

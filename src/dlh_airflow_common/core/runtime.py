@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ from typing import Any
 import yaml
 
 from dlh_airflow_common.core.exceptions import DbtProjectException
+from dlh_airflow_common.core.names import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,10 @@ class RunIdentity:
         suffix = secrets.token_hex(3)
         if self.dag_id and self.task_id:
             return (
-                f"run_{stamp}_{_safe(self.dag_id)}_{_safe(self.task_id)}_try{self.try_number or 1}_{suffix}"
+                f"run_{stamp}_{safe_name(self.dag_id)}_{safe_name(self.task_id)}"
+                f"_try{self.try_number or 1}_{suffix}"
             )
         return f"run_{stamp}_{suffix}"
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
 
 
 def validate_project_dir(project_dir: str | os.PathLike[str]) -> Path:
@@ -155,7 +152,7 @@ class ProjectCache:
     @classmethod
     def for_project(cls, runtime_root: Path, project_dir: Path) -> ProjectCache:
         digest = hashlib.sha256(str(project_dir).encode()).hexdigest()[:12]
-        return cls(runtime_root / "projects" / f"{_safe(project_dir.name)}-{digest}")
+        return cls(runtime_root / "projects" / f"{safe_name(project_dir.name)}-{digest}")
 
     @property
     def packages_link(self) -> Path:

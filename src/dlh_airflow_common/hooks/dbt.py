@@ -29,9 +29,6 @@ except ImportError:  # pragma: no cover - older Airflow 3.0 layouts
 class DbtHook(BaseHook):
     """Run dbt Core commands for one project with a profile built from an Airflow connection."""
 
-    conn_name_attr = "conn_id"
-    default_conn_name = "dbt_default"
-    conn_type = "dbt"
     hook_name = "dbt Core"
 
     def __init__(
