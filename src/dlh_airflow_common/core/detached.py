@@ -145,10 +145,7 @@ def launch(spec: DetachedSpec, control_root: Path, secret_env: Mapping[str, str]
         json.dump(asdict(spec), fh)
     ctl.write_status(state="starting", host=socket.gethostname(), heartbeat=time.time())
     env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
-    env.update(secret_env)
-    # Airflow 3 task processes carry a deliberately unusable metadata-DB URL; importing Airflow with it
-    # fails unless the process is marked as a worker re-exec, which is what this supervisor is.
-    env["_AIRFLOW__REEXECUTED_PROCESS"] = "1"
+    env.update(secret_env)  # nothing here imports Airflow: its worker settings need not be valid
     log_fh = ctl.progress.open("ab")
     try:
         proc = subprocess.Popen(

@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from dlh_airflow_common.airflow_errors import raised_to_airflow
 from dlh_airflow_common.core.artifacts import load_catalog, load_manifest, load_run_results, load_sources
 from dlh_airflow_common.core.exceptions import DbtProfileException
 from dlh_airflow_common.core.invoke import ArtifactsCallback, DbtCommand, DbtInvoker, DbtTaskResult
@@ -131,6 +132,7 @@ class DbtHook(BaseHook):
         return SubprocessRunner(self.venv_path, self.dbt_executable, cancel_grace=self.cancel_grace)
 
     # -- running -------------------------------------------------------------------------------
+    @raised_to_airflow()
     def run_dbt_task(
         self,
         command: str,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from dlh_airflow_common.airflow_errors import raised_to_airflow
 from dlh_airflow_common.core.detached import ControlDir, copy_artifacts
 from dlh_airflow_common.core.exceptions import DbtException
 from dlh_airflow_common.core.invoke import DbtCommand, DbtTaskResult
@@ -184,6 +185,7 @@ class DbtOperator(BaseOperator):
                         self.artifacts_conn_id, output)
 
     # -- execution -----------------------------------------------------------------------------
+    @raised_to_airflow()
     def execute(self, context: Context) -> dict[str, Any]:
         started = time.time()
         plan = self._plan(context)
@@ -237,6 +239,7 @@ class DbtOperator(BaseOperator):
             method_name="execute_complete",
         )
 
+    @raised_to_airflow()
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: same results, errors and metrics as a synchronous run."""
         ctl = ControlDir(Path(event["control_dir"]))
