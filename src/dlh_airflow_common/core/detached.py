@@ -38,6 +38,7 @@ from dlh_airflow_common.core.exceptions import DbtException
 from dlh_airflow_common.core.invoke import DbtCommand, DbtInvoker, DbtTaskResult
 from dlh_airflow_common.core.profile_setup import ProfileConfig
 from dlh_airflow_common.core.profiles import SECRET_PREFIX, RenderedProfile
+from dlh_airflow_common.core.retention import ActiveMark
 from dlh_airflow_common.core.runners import SubprocessRunner
 from dlh_airflow_common.core.runtime import RunIdentity
 
@@ -190,6 +191,7 @@ def launch(spec: DetachedSpec, control_root: Path, secret_env: Mapping[str, str]
 
 
 def _supervise(ctl: ControlDir) -> int:
+    _alive = ActiveMark(ctl.path)  # held until this process exits: retention leaves the dir alone
     spec = DetachedSpec(**json.loads(ctl.spec.read_text()))
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
     for noisy in ("airflow", "sqlalchemy"):

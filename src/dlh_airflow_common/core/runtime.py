@@ -33,6 +33,7 @@ import yaml
 
 from dlh_airflow_common.core.exceptions import DbtProjectException
 from dlh_airflow_common.core.names import safe_name
+from dlh_airflow_common.core.retention import ActiveMark
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ class DbtRuntime:
     _parse_key: str = field(default="default", repr=False)
     _parse_target: Path | None = field(default=None, repr=False)
     _layout: _ShadowLayout | None = field(default=None, repr=False)
+    _active: ActiveMark | None = field(default=None, repr=False)  # retention skips a live run's dir
 
     @property
     def target_dir(self) -> Path:
@@ -248,6 +250,7 @@ class DbtRuntime:
         cache = ProjectCache.for_project(root, project)
         run_dir = root / "runs" / (identity or RunIdentity()).run_name()
         run_dir.mkdir(parents=True)
+        active = ActiveMark(run_dir)
         layout = _ShadowLayout(project, install_path, cache)
         if for_deps:
             # dbt deps writes the packages dir and lock file: give it a private shadow of its own.
@@ -256,6 +259,7 @@ class DbtRuntime:
             shadow = layout.shared()
         runtime = cls(project, run_dir, cache, shadow, install_path, keep_target_artifacts)
         runtime._layout = layout
+        runtime._active = active
         runtime.target_dir.mkdir()
         runtime.log_dir.mkdir()
         return runtime
@@ -308,7 +312,9 @@ class DbtRuntime:
             self.cache.publish_packages(self.packages_dir, lock if lock.is_file() else None)
 
     def cleanup(self) -> None:
-        """Remove what the run wrote; keep target and logs when asked to."""
+        """Remove what the run wrote; keep target and logs when asked to (until retention prunes them)."""
+        if self._active is not None:
+            self._active.release()
         if not self.run_dir.exists():
             return
         if self.keep_target_artifacts:

@@ -20,6 +20,7 @@ from dlh_airflow_common.airflow_errors import raised_to_airflow
 from dlh_airflow_common.core.detached import ControlDir, copy_artifacts
 from dlh_airflow_common.core.exceptions import DbtException
 from dlh_airflow_common.core.invoke import DbtCommand, DbtTaskResult
+from dlh_airflow_common.core.retention import maybe_prune
 from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.lineage import emit_node_events
@@ -87,6 +88,8 @@ class DbtOperator(BaseOperator):
         in_process: bool = False,
         cancel_grace: float = 30.0,
         extra_args: Sequence[str] | str = (),
+        retention_max_age: float | timedelta | None = None,
+        retention_keep: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -133,6 +136,10 @@ class DbtOperator(BaseOperator):
         self.cancel_grace = cancel_grace
         # A string is a template rendered at run time (a list with render_template_as_native_obj).
         self.extra_args: Sequence[str] | str = extra_args if isinstance(extra_args, str) else list(extra_args)
+        # What old run dirs, retry state and control dirs to keep (see core/retention.py).
+        age = retention_max_age
+        self.retention_max_age = age.total_seconds() if isinstance(age, timedelta) else age
+        self.retention_keep = retention_keep
         self._hook: DbtHook | None = None
         self._lineage: Any = None
 
@@ -188,6 +195,7 @@ class DbtOperator(BaseOperator):
     @raised_to_airflow()
     def execute(self, context: Context) -> dict[str, Any]:
         started = time.time()
+        maybe_prune(self._root(), settings.retention(self.retention_max_age, self.retention_keep))
         plan = self._plan(context)
         if self.deferrable:
             self._defer(context, plan, started)
