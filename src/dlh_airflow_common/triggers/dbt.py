@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -115,16 +115,14 @@ class DbtExecutionTrigger(BaseTrigger):
             try:
                 with self._ctl.progress.open("rb") as fh:
                     fh.seek(self._progress_offset)
-                    data = fh.read()
+                    lines = _whole_lines(fh)
+                    self._progress_offset = fh.tell()
+                    return lines
             except OSError:
                 return []
-            end = data.rfind(b"\n") + 1  # only whole lines
-            self._progress_offset += end
-            return data[:end].decode(errors="replace").splitlines()
 
         for line in await asyncio.to_thread(read):
-            if line.strip():
-                self.log.info("%s", line)
+            self.log.info("%s", line)
 
     def _error(self, message: str) -> TriggerEvent:
         tail = self._ctl.progress_tail()
@@ -161,11 +159,49 @@ class DbtExecutionTrigger(BaseTrigger):
         return self._event(status, state="timeout")
 
     async def on_kill(self) -> None:
-        """The user killed the deferred task: ask dbt to stop, wherever it runs, and return at once.
+        """The user killed the deferred task: stop dbt too, wherever it runs, within the triggerer's limit.
 
-        The triggerer waits at most ``[triggerer] on_kill_timeout`` (30 s) for this, less than dbt may
-        take to stop, so the supervisor does the rest: SIGINT, ``cancel_grace``, SIGKILL, its run dir,
-        and this control dir, which no resumed task will remove.
+        The triggerer waits at most ``[triggerer] on_kill_timeout`` (30 s) for this, which may be less
+        than dbt takes to stop, so this only asks for the cancel and relays dbt's last lines (the
+        partial summary) for as long as that allows. The supervisor does the rest whatever happens:
+        SIGINT, ``cancel_grace``, SIGKILL, its run dir, and this control dir, as no task will resume.
         """
         self.log.warning("Deferred dbt task killed; asking the dbt run to cancel")
-        await asyncio.to_thread(self._ctl.abandon)
+        ctl = self._ctl
+        try:  # opened first: the supervisor removes the dir (and the file's name) as it exits
+            progress = await asyncio.to_thread(ctl.progress.open, "rb")
+        except OSError:
+            progress = None
+        try:
+            if progress is not None:
+                progress.seek(self._progress_offset)
+            await asyncio.to_thread(ctl.abandon)
+            deadline = time.monotonic() + min(self.cancel_grace + 5, _on_kill_budget())
+            while True:
+                status = await asyncio.to_thread(ctl.read_status)
+                for line in await asyncio.to_thread(_whole_lines, progress):
+                    self.log.info("%s", line)
+                if status is None or status.get("state") in TERMINAL or time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(STATUS_POLL_SECONDS)
+        finally:
+            if progress is not None:
+                progress.close()
+
+
+def _on_kill_budget() -> float:
+    """Seconds ``on_kill`` may spend: the triggerer's own limit for it, less a margin."""
+    from airflow.sdk import conf
+
+    return max(0.0, conf.getfloat("triggerer", "on_kill_timeout", fallback=30) - 5)
+
+
+def _whole_lines(fh: BinaryIO | None) -> list[str]:
+    """The complete new lines of an open file (a partial last line waits for the next read)."""
+    if fh is None:
+        return []
+    start = fh.tell()
+    data = fh.read()
+    end = data.rfind(b"\n") + 1
+    fh.seek(start + end)
+    return [line for line in data[:end].decode(errors="replace").splitlines() if line.strip()]
