@@ -161,10 +161,11 @@ class DbtExecutionTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """The user killed the deferred task: stop dbt too, wherever it runs, within the triggerer's limit.
 
-        The triggerer waits at most ``[triggerer] on_kill_timeout`` (30 s) for this, which may be less
-        than dbt takes to stop, so this only asks for the cancel and relays dbt's last lines (the
-        partial summary) for as long as that allows. The supervisor does the rest whatever happens:
-        SIGINT, ``cancel_grace``, SIGKILL, its run dir, and this control dir, as no task will resume.
+        The triggerer waits at most ``[triggerer] on_kill_timeout`` (30 s) for this, and in Airflow 3.3
+        re-sends its cancel at every sync (about a second) until this returns, so this asks for the
+        cancel first, then relays dbt's last lines (the partial summary) only for as long as it is
+        let. The supervisor does the rest whatever happens: SIGINT, ``cancel_grace``, SIGKILL, its run
+        dir, and this control dir, as no task will resume.
         """
         self.log.warning("Deferred dbt task killed; asking the dbt run to cancel")
         ctl = self._ctl
