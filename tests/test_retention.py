@@ -122,3 +122,21 @@ def test_the_operator_prunes_at_most_once_per_interval(runtime_root: Path, tmp_p
     assert all(p.exists() for p in old[:3])
     os.utime(runtime_root / ".retention", (0, 0))
     assert len(maybe_prune(runtime_root, Retention(keep=0, min_age=HOUR)) or []) == 3
+
+
+def test_salesforce_state_runs_are_pruned_where_the_pipeline_keeps_them(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failed runs' target dirs are never promoted; the pipeline prunes them, even outside the root."""
+    from tests.conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "pipelines" / "salesforce" / "dags"))
+    from salesforce_lib import state
+
+    monkeypatch.setenv("SALESFORCE_DBT_STATE_DIR", str(tmp_path / "sf-state"))
+    failed = [state.run_target(f"failed_{i}") for i in range(Retention().keep + 5)]
+    for i, path in enumerate(failed):
+        path.mkdir(parents=True)
+        _age(path, 2 + i / 100)  # over min_age, under max_age: the count decides
+    chosen = state.selection("manual__now")
+    assert Path(str(chosen["target_path"])).is_dir()
+    assert [p.exists() for p in failed] == [True] * (Retention().keep - 1) + [False] * 6

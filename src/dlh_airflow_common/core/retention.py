@@ -84,11 +84,12 @@ def last_activity(path: Path) -> float:
     return newest
 
 
-def prune(root: Path, policy: Retention, now: float | None = None) -> list[Path]:
+def prune(root: Path, policy: Retention, now: float | None = None,
+          kinds: tuple[str, ...] = KINDS) -> list[Path]:
     """Remove what ``policy`` does not keep under ``root``; return the removed dirs."""
     now = time.time() if now is None else now
     removed: list[Path] = []
-    for pattern in KINDS:
+    for pattern in kinds:
         dated = []
         for path in root.glob(pattern):
             with contextlib.suppress(OSError):
@@ -110,7 +111,7 @@ def prune(root: Path, policy: Retention, now: float | None = None) -> list[Path]
     return removed
 
 
-def maybe_prune(root: Path, policy: Retention) -> list[Path] | None:
+def maybe_prune(root: Path, policy: Retention, kinds: tuple[str, ...] = KINDS) -> list[Path] | None:
     """Prune at most once per ``policy.every`` seconds per root (one ``stat`` otherwise); never raises."""
     stamp = root / STAMP_FILE
     try:
@@ -123,7 +124,7 @@ def maybe_prune(root: Path, policy: Retention) -> list[Path] | None:
     try:
         root.mkdir(parents=True, exist_ok=True)
         stamp.touch()
-        removed = prune(root, policy)
+        removed = prune(root, policy, kinds=kinds)
     except OSError as exc:
         log.warning("Could not prune the runtime root %s: %s", root, exc)
         return None
