@@ -50,9 +50,10 @@ os.environ["DLH_TEST_PROJECT_DIR"] = str(_ops_project())
 
 def _render_setup() -> None:
     """The rendering tests' generated project and its DuckDB connection."""
-    from tests.render_project import make_render_project
+    from tests.render_project import load_external, make_render_project
 
     project = make_render_project(_SCRATCH / "render" / "gen")
+    load_external(_SCRATCH / "render.duckdb")
     os.environ["DLH_RENDER_PROJECT_DIR"] = str(project)
     os.environ["AIRFLOW_CONN_RENDER_DUCK"] = (
         '{"conn_type": "duckdb", "host": "%s", "extra": {"threads": 4}}' % (_SCRATCH / "render.duckdb"))

@@ -1,6 +1,6 @@
 """A small generated dbt project with every case the rendering must handle.
 
-seed raw_events -> stg_events (also reads source raw.raw_events, which has a freshness rule)
+source raw.ext_events (loaded outside dbt, with a freshness rule) -> stg_events
 seed raw_events -> stg_a -> int_eph (ephemeral) -> int_x <- stg_b
 int_x -> mart_1; stg_b -> mart_2; relationships(mart_2.id -> stg_a.id) has two parents
 stg_b -> boom (fails when var boom is true) -> boom_child; stg_b -> flaky (fails until a file exists)
@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 MODELS = {
-    "staging/stg_events.sql": "-- depends_on: {{ ref('raw_events') }}\nselect * from {{ source('raw', 'raw_events') }}",
+    "staging/stg_events.sql": "select * from {{ source('raw', 'ext_events') }}",
     "staging/stg_a.sql": "select id, kind from {{ ref('raw_events') }}",
     "staging/stg_b.sql": "select id * 10 as id, kind from {{ ref('raw_events') }}",
     "intermediate/int_eph.sql": "{{ config(materialized='ephemeral') }}\nselect id from {{ ref('stg_a') }}",
@@ -49,9 +49,21 @@ def make_render_project(dest: Path) -> Path:
         {"name": n, "columns": [{"name": "id", "data_tests": ["not_null"]}]} for n in NAMES
     ], "sources": [{"name": "raw", "schema": "main", "loaded_at_field": "loaded_at",
                     "freshness": {"warn_after": {"count": 36500, "period": "day"}},
-                    "tables": [{"name": "raw_events"}]}]}
+                    "tables": [{"name": "ext_events"}]}]}
     mart_2 = next(m for m in schema["models"] if m["name"] == "mart_2")  # type: ignore[index]
     mart_2["columns"][0]["data_tests"].append(  # type: ignore[index]
         {"relationships": {"to": "ref('stg_a')", "field": "id"}})
     (dest / "models" / "schema.yml").write_text(yaml.safe_dump(schema, sort_keys=False))
     return dest
+
+
+def load_external(duckdb_path: Path) -> None:
+    """What an extraction task would have landed: the source table, before any dbt run."""
+    import duckdb
+
+    con = duckdb.connect(str(duckdb_path))
+    try:
+        con.execute("create or replace table main.ext_events as select 1 as id, 'a' as kind, "
+                    "timestamp '2026-11-01 00:00:00' as loaded_at")
+    finally:
+        con.close()

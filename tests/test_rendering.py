@@ -18,7 +18,7 @@ DAG_FILE = REPO / "tests" / "dags" / "rendered_dbt_dags.py"
 PROJECT = Path(os.environ["DLH_RENDER_PROJECT_DIR"])
 RUNTIME = Path(os.environ["DLH_DBT_RUNTIME_ROOT"])
 MODEL_EDGES = {
-    ("seed.raw_events", "model.stg_events"), ("seed.raw_events", "model.stg_a"),
+    ("seed.raw_events", "model.stg_a"),
     ("seed.raw_events", "model.stg_b"),
     ("model.stg_a", "model.int_x"), ("model.stg_b", "model.int_x"),  # through the ephemeral int_eph
     ("model.int_x", "model.mart_1"), ("model.stg_b", "model.mart_2"), ("model.stg_b", "model.boom"),
@@ -47,12 +47,12 @@ def _states(dr: Any) -> dict[str, str]:
 def test_nodes_shape_has_a_task_per_node_with_the_manifests_edges(bag: Any) -> None:
     dag = bag.get_dag("render_nodes")
     ids = set(dag.task_dict)
-    assert ids == {"seed.raw_events", "source.raw.raw_events", RELATIONSHIPS,
+    assert ids == {"seed.raw_events", "source.raw.ext_events", RELATIONSHIPS,
                    *(f"model.{n}" for n in ("stg_events", "stg_a", "stg_b", "int_x", "mart_1", "mart_2",
                                             "boom", "boom_child", "flaky"))}
     assert "model.int_eph" not in ids and "model.disabled_model" not in ids  # folded / vanished
     assert _edges(dag) == MODEL_EDGES | {
-        ("source.raw.raw_events", "model.stg_events"),  # freshness before the source's reader
+        ("source.raw.ext_events", "model.stg_events"),  # freshness before the source's reader
         ("model.mart_2", RELATIONSHIPS), ("model.stg_a", RELATIONSHIPS),  # after its last parent
     }
     mart = dag.task_dict["model.mart_2"]
@@ -61,7 +61,7 @@ def test_nodes_shape_has_a_task_per_node_with_the_manifests_edges(bag: Any) -> N
     assert "`model.gen.mart_2`" in mart.doc_md and "models/marts/mart_2.sql" in mart.doc_md
     assert "materialization: `table`" in mart.doc_md and "not_null_mart_2_id" in mart.doc_md
     assert dag.task_dict[RELATIONSHIPS].command == "test"
-    assert dag.task_dict["source.raw.raw_events"].command == "source freshness"
+    assert dag.task_dict["source.raw.ext_events"].command == "source freshness"
     assert dag.max_active_tasks == 1 and "DuckDB" in mart.doc_md
 
 

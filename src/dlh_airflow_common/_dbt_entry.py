@@ -13,10 +13,12 @@ import sys
 from typing import Any
 
 _LEVELS = {"info", "warn", "error"}
+# Debug-level events the parent reads anyway: each node's final result, for per-node streaming.
+_NAMES = {"NodeFinished"}
 
 
 def _emit(msg: Any) -> None:
-    if msg.info.level not in _LEVELS:
+    if msg.info.level not in _LEVELS and msg.info.name not in _NAMES:
         return
     from google.protobuf.json_format import MessageToDict
 

@@ -6,10 +6,14 @@ builds only what is downstream of sources with newer data (`source_status:freshe
 successful run's state), or everything when there is no state yet. The watermark and the state are
 recorded only after a successful build. dbt runs through DbtOperator in isolated runtimes, so the
 project may be mounted read-only.
+
+`SALESFORCE_DBT_SHAPE=nodes` renders the build as one task per dbt node instead of one task: after
+freshness, `dbt ls` resolves the same run-time selection, and the nodes it did not choose skip.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,9 +23,12 @@ from salesforce_lib.config import WAREHOUSE_CONN_ID
 from salesforce_lib.store import store_for_connection
 
 from dlh_airflow_common.core import project_dir_from_dag_file
+from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.operators.dbt import DbtOperator
+from dlh_airflow_common.rendering import DbtProject, dbt_task_group
 
 PROJECT = str(project_dir_from_dag_file(__file__, "dbt", "salesforce"))
+SHAPE = os.environ.get("SALESFORCE_DBT_SHAPE", "single")  # "single" (one dbt build) or "nodes"
 
 
 def plan(key: str) -> str:
@@ -64,12 +71,29 @@ with DAG(
         task_id="dbt_source_freshness", command="source freshness", dbt_project_dir=PROJECT,
         conn_id=WAREHOUSE_CONN_ID, target_path=plan("target_path"),
     )
-    build = DbtOperator(
-        task_id="dbt_build", command="build", dbt_project_dir=PROJECT, conn_id=WAREHOUSE_CONN_ID,
-        target_path=plan("target_path"), select=plan("select"), extra_args=plan("extra_args"),
-    )
+    if SHAPE == "nodes":
 
-    @task
+        @task
+        def select_nodes(ti: Any = None) -> list[str]:
+            """The run's selection, resolved by dbt against this run's freshness results."""
+            chosen = ti.xcom_pull(task_ids="plan_build")
+            hook = DbtHook(PROJECT, conn_id=WAREHOUSE_CONN_ID, target_path=chosen["target_path"])
+            nodes = hook.list_nodes(chosen["select"] or None, extra_args=chosen["extra_args"])
+            print(f"{len(nodes)} dbt node(s) selected for this run")
+            return nodes
+
+        build: Any = dbt_task_group("dbt_build", DbtProject(
+            project_dir=PROJECT, conn_id=WAREHOUSE_CONN_ID, shape="nodes",
+            run_only="{{ ti.xcom_pull(task_ids='select_nodes') }}"))
+        freshness >> select_nodes() >> build
+    else:
+        build = DbtOperator(
+            task_id="dbt_build", command="build", dbt_project_dir=PROJECT, conn_id=WAREHOUSE_CONN_ID,
+            target_path=plan("target_path"), select=plan("select"), extra_args=plan("extra_args"),
+        )
+        freshness >> build
+
+    @task(trigger_rule="none_failed")  # node tasks the run did not choose are skipped, not failed
     def record_success(ti: Any = None, run_id: str | None = None) -> str:
         chosen = ti.xcom_pull(task_ids="plan_build")
         state.promote(str(run_id))
@@ -77,4 +101,5 @@ with DAG(
             _store().record_transformed(chosen["raw_watermark"])
         return str(chosen["raw_watermark"])
 
-    check_for_new_raw_data() >> plan_build() >> freshness >> build >> record_success()
+    check_for_new_raw_data() >> plan_build() >> freshness
+    build >> record_success()

@@ -41,6 +41,7 @@ from dlh_airflow_common.core.profiles import SECRET_PREFIX, RenderedProfile
 from dlh_airflow_common.core.retention import ActiveMark
 from dlh_airflow_common.core.runners import SubprocessRunner
 from dlh_airflow_common.core.runtime import RunIdentity
+from dlh_airflow_common.core.stream import NODE_RESULTS, NodeResultWriter
 
 TERMINAL = {"success", "failed", "cancelled"}
 HEARTBEAT_SECONDS = 5.0
@@ -165,16 +166,27 @@ class DetachedSpec:
     dbt_executable: str | None = None
     cancel_grace: float = 30.0
     partial_parse: bool = True
+    stream_nodes: bool = False  # append each finished node's result to nodes.jsonl (core.stream)
 
 
-def launch(spec: DetachedSpec, control_root: Path, secret_env: Mapping[str, str]) -> ControlDir:
-    """Start the supervisor in a new session and return its control dir (0700)."""
-    control_root.mkdir(parents=True, exist_ok=True)
-    ctl = ControlDir(Path(tempfile.mkdtemp(prefix="run_", dir=control_root)))
+def launch(spec: DetachedSpec, control_root: Path, secret_env: Mapping[str, str],
+           path: Path | None = None) -> ControlDir:
+    """Start the supervisor in a new session and return its control dir (0700).
+
+    ``path`` fixes the control dir (a producer that watchers find by DAG run); an earlier try's dir
+    there is replaced.
+    """
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True, mode=0o700)
+        ctl = ControlDir(path)
+    else:
+        control_root.mkdir(parents=True, exist_ok=True)
+        ctl = ControlDir(Path(tempfile.mkdtemp(prefix="run_", dir=control_root)))
     fd = os.open(ctl.spec, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(asdict(spec), fh)
-    ctl.write_status(state="starting", host=socket.gethostname(), heartbeat=time.time())
+    ctl.write_status(state="starting", host=socket.gethostname(), heartbeat=time.time(), launched=time.time())
     env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
     env.update(secret_env)  # nothing here imports Airflow: its worker settings need not be valid
     log_fh = ctl.progress.open("ab")
@@ -216,6 +228,7 @@ def _supervise(ctl: ControlDir) -> int:
         retry_limit=spec.retry_limit,
         retry_delay=spec.retry_delay, env_vars=spec.env_vars, partial_parse=spec.partial_parse,
         progress=lambda line: print(line, flush=True), artifacts_callback=keep_artifacts,
+        event_sink=NodeResultWriter(ctl.path / NODE_RESULTS) if spec.stream_nodes else None,
     )
     stop = threading.Event()
 

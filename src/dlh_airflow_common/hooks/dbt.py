@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -168,6 +169,38 @@ class DbtHook(BaseHook):
             return self.last_result
         finally:
             self._invoker = None
+
+    def list_nodes(
+        self,
+        select: Sequence[str] | str | None = None,
+        exclude: Sequence[str] | str | None = None,
+        selector: str | None = None,
+        vars: Mapping[str, Any] | str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> list[str]:
+        """The unique ids dbt selects (``dbt ls``): selection stays dbt's grammar, resolved by dbt."""
+        listed: list[str] = []
+
+        def collect(event: dict[str, Any]) -> None:
+            info = event.get("info") or {}
+            if info.get("name") not in {"PrintEvent", "ListCmdOut"}:
+                return
+            text = str((event.get("data") or {}).get("msg") or info.get("msg") or "")
+            if text.startswith("{"):
+                try:
+                    row = json.loads(text)
+                except ValueError:
+                    return
+                if isinstance(row, dict) and row.get("unique_id"):
+                    listed.append(str(row["unique_id"]))
+
+        previous, self.event_sink = self.event_sink, collect
+        try:
+            self.run_dbt_task("ls", select, exclude, selector, vars,
+                              extra_args=[*extra_args, "--output", "json", "--output-keys", "unique_id"])
+        finally:
+            self.event_sink = previous
+        return list(dict.fromkeys(listed))
 
     def cancel(self) -> None:
         """Cancel the running command, if any (SIGINT to dbt, grace period, SIGKILL)."""

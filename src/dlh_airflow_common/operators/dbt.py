@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
 
 from dlh_airflow_common.airflow_errors import raised_to_airflow
 from dlh_airflow_common.core.detached import ControlDir, copy_artifacts
@@ -25,7 +26,7 @@ from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.lineage import emit_node_events
 from dlh_airflow_common.links import DbtArtifactsLink, DbtDocsLink
-from dlh_airflow_common.operators import settings
+from dlh_airflow_common.operators import settings, streamed
 from dlh_airflow_common.operators.deferral import DetachedRun, exception_from_event, trigger_deadline
 from dlh_airflow_common.operators.reporting import Reporter
 from dlh_airflow_common.operators.retry_state import Plan, RetryState
@@ -44,7 +45,7 @@ class DbtOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "dbt_project_dir", "command", "select", "exclude", "selector", "vars", "env_vars",
-        "schema_override", "target", "extra_args", "artifacts_destination", "target_path",
+        "schema_override", "target", "extra_args", "artifacts_destination", "target_path", "only_nodes",
     )
     template_fields_renderers = {"vars": "json", "env_vars": "json"}
     operator_extra_links = (DbtDocsLink(), DbtArtifactsLink())
@@ -90,6 +91,11 @@ class DbtOperator(BaseOperator):
         extra_args: Sequence[str] | str = (),
         retention_max_age: float | timedelta | None = None,
         retention_keep: int | None = None,
+        dbt_unique_id: str | None = None,
+        only_nodes: Sequence[str] | str | None = None,
+        stream_nodes: bool = False,
+        stream_from: str | None = None,
+        node_tests: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -140,6 +146,17 @@ class DbtOperator(BaseOperator):
         age = retention_max_age
         self.retention_max_age = age.total_seconds() if isinstance(age, timedelta) else age
         self.retention_keep = retention_keep
+        # The dbt node this task runs (rendered node tasks), and the nodes a run chose at run time
+        # (templated): a node task whose node is not among them skips instead of running dbt.
+        self.dbt_unique_id = dbt_unique_id
+        self.only_nodes = only_nodes
+        # Streamed per-node mode: the producer builds the selection in one detached dbt process and
+        # streams node results; a node task (stream_from=<producer task id>) reflects its node's.
+        self.stream_nodes = stream_nodes
+        self.stream_from = stream_from
+        self.node_tests = list(node_tests)
+        if stream_from:
+            streamed.born_in_triggerer(self)
         self._hook: DbtHook | None = None
         self._lineage: Any = None
 
@@ -194,10 +211,16 @@ class DbtOperator(BaseOperator):
     # -- execution -----------------------------------------------------------------------------
     @raised_to_airflow()
     def execute(self, context: Context) -> dict[str, Any]:
+        self._skip_unless_chosen()
+        if self.stream_from and int(context["ti"].try_number or 1) == 1:
+            streamed.watch_from_worker(self, context)  # defers, or reschedules until the producer runs
+        return self._run(context)
+
+    def _run(self, context: Context) -> dict[str, Any]:
         started = time.time()
         maybe_prune(self._root(), settings.retention(self.retention_max_age, self.retention_keep))
         plan = self._plan(context)
-        if self.deferrable:
+        if self.deferrable or self.stream_nodes:
             self._defer(context, plan, started)
         capture = Path(tempfile.mkdtemp(prefix="dbt-artifacts-"))
         try:
@@ -218,6 +241,14 @@ class DbtOperator(BaseOperator):
             self._hook = None
             shutil.rmtree(capture, ignore_errors=True)
 
+    def _skip_unless_chosen(self) -> None:
+        if self.only_nodes is None or self.dbt_unique_id is None:
+            return
+        chosen = [self.only_nodes] if isinstance(self.only_nodes, str) else list(self.only_nodes)
+        if self.dbt_unique_id not in chosen:
+            raise AirflowSkipException(f"{self.dbt_unique_id} is not selected in this run "
+                                       f"({len(chosen)} node(s) are)")
+
     def on_kill(self) -> None:
         """Cancel the running dbt (SIGINT, grace, SIGKILL); the hook then reports partial results."""
         if self._hook is not None:
@@ -233,6 +264,7 @@ class DbtOperator(BaseOperator):
             keep_target_artifacts=self.keep_target_artifacts, target_path=self.target_path or None,
             retry_limit=self.retry_limit, retry_delay=self.transient_retry_delay,
             venv_path=self.venv_path, dbt_executable=self.dbt_executable, cancel_grace=self.cancel_grace,
+            stream_to=streamed.producer_dir(self._root(), context) if self.stream_nodes else None,
         )
         ctl = run.launch()
         self.log.info("dbt %s started detached (control dir %s); deferring", plan.command, ctl.path)
@@ -250,6 +282,10 @@ class DbtOperator(BaseOperator):
     @raised_to_airflow()
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: same results, errors and metrics as a synchronous run."""
+        if "outcome" in event:  # a node task of the streamed mode
+            if streamed.outcome(event):
+                return self._run(context)  # the producer did not build the node: build it here
+            return {"unique_id": self.dbt_unique_id, "outcome": event["outcome"]}
         ctl = ControlDir(Path(event["control_dir"]))
         seconds = time.time() - float(event.get("started_at") or time.time())
         try:
@@ -262,7 +298,8 @@ class DbtOperator(BaseOperator):
                                              self.retry_from_failure)
             raise exc
         finally:
-            shutil.rmtree(ctl.path, ignore_errors=True)
+            if not self.stream_nodes:  # a producer's dir outlives it: late node tasks still read it
+                shutil.rmtree(ctl.path, ignore_errors=True)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage provider hook: the task's inputs/outputs; per-node events are emitted too."""

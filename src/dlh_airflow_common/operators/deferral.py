@@ -35,6 +35,7 @@ class DetachedRun:
     venv_path: str | None = None
     dbt_executable: str | None = None
     cancel_grace: float = 30.0
+    stream_to: Path | None = None  # a producer: its fixed control dir, where node results stream
 
     def launch(self) -> ControlDir:
         """Write the spec (0600, in a 0700 control dir) and start the supervisor; return its dir."""
@@ -50,8 +51,9 @@ class DetachedRun:
             keep_target_artifacts=self.keep_target_artifacts, target_path=self.target_path,
             retry_limit=self.retry_limit, retry_delay=self.retry_delay, env_vars=plain_env(self.env_vars),
             venv_path=self.venv_path, dbt_executable=self.dbt_executable, cancel_grace=self.cancel_grace,
+            stream_nodes=self.stream_to is not None,
         )
-        return launch(spec, self.runtime_root / "deferred", profile.secret_env)
+        return launch(spec, self.runtime_root / "deferred", profile.secret_env, path=self.stream_to)
 
 
 def trigger_deadline(timeout: float | None) -> float | None:

@@ -164,37 +164,24 @@ def _ask_dbt(source: GraphSource, project: Path,
     from dlh_airflow_common.core.runtime import RunIdentity
     from dlh_airflow_common.hooks.dbt import DbtHook
 
-    listed: list[str] = []
     captured = Path(tempfile.mkdtemp(prefix="dbt-render-"))
 
     def keep_manifest(target: Path, _result: object) -> None:
         if (target / "manifest.json").is_file():
             shutil.copyfile(target / "manifest.json", captured / "manifest.json")
 
-    def collect(event: dict[str, Any]) -> None:
-        info = event.get("info") or {}
-        if info.get("name") not in {"PrintEvent", "ListCmdOut"}:
-            return
-        text = str((event.get("data") or {}).get("msg") or info.get("msg") or "")
-        with contextlib.suppress(ValueError):
-            row = json.loads(text)
-            if isinstance(row, dict) and row.get("unique_id"):
-                listed.append(str(row["unique_id"]))
-
     hook = DbtHook(project, conn_id=source.conn_id, profiles_dir=source.profiles_dir, target=source.target,
                    profile_name=source.profile_name, venv_path=source.venv_path,
                    dbt_executable=source.dbt_executable, env_vars=dict(source.env_vars),
                    runtime_root=source.runtime_root, identity=RunIdentity(task_id="render"),
-                   artifacts_callback=keep_manifest, event_sink=collect, progress=log.debug)
+                   artifacts_callback=keep_manifest, progress=log.debug)
     try:
         if _has_packages(project) and ProjectCache.for_project(
                 Path(source.runtime_root) if source.runtime_root else default_runtime_root(),
                 project).published_packages() is None:
             hook.run_dbt_task("deps")
-        ls_args = ("--output", "json", "--output-keys", "unique_id")
-        hook.run_dbt_task("ls", list(source.select) or None, list(source.exclude) or None, source.selector,
-                          source.vars, extra_args=ls_args)
-        selected = list(dict.fromkeys(listed))
+        selected = hook.list_nodes(list(source.select) or None, list(source.exclude) or None,
+                                   source.selector, source.vars)
         if not selected:
             raise DbtGraphError(
                 f"The selection matches nothing in {project.name} (select={list(source.select)}, "
@@ -202,9 +189,7 @@ def _ask_dbt(source: GraphSource, project: Path,
                 "`dbt ls` and fix it")
         layers: dict[str, list[str]] = {}
         for name, layer_select in source.layers.items():
-            listed.clear()
-            hook.run_dbt_task("ls", [layer_select], None, None, source.vars, extra_args=ls_args)
-            layers[name] = list(dict.fromkeys(listed))
+            layers[name] = hook.list_nodes([layer_select], None, None, source.vars)
         manifest_data = _read_manifest(manifest or captured / "manifest.json")
     finally:
         shutil.rmtree(captured, ignore_errors=True)

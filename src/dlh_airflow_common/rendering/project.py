@@ -21,7 +21,15 @@ from airflow.sdk import DAG, BaseOperator, TaskGroup
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.rendering.graph import build_layers
 from dlh_airflow_common.rendering.loader import GraphSource, LoadedGraph, load_graph
-from dlh_airflow_common.rendering.tasks import NODE_ARGS, NODE_EXECUTIONS, layer_doc, node_doc, task_ids, wire
+from dlh_airflow_common.rendering.tasks import (
+    NODE_ARGS,
+    NODE_EXECUTIONS,
+    PRODUCER_TASK_ID,
+    layer_doc,
+    node_doc,
+    task_ids,
+    wire,
+)
 
 Shape = Literal["single", "layers", "nodes"]
 SHAPES = ("single", "layers", "nodes")
@@ -30,7 +38,7 @@ _DUCKDB_NOTE = ("DuckDB allows one writing process per database file, so this DA
 # DbtOperator arguments the project sets itself; operator_args must not repeat them.
 _OWN_ARGS = {"command", "dbt_command", "select", "dbt_models", "exclude", "selector", "dbt_project_dir",
              "conn_id", "profiles_dir", "target", "profile_name", "vars", "runtime_root", "venv_path",
-             "dbt_executable", "env_vars", "task_id", "extra_args"}
+             "dbt_executable", "env_vars", "task_id", "extra_args", "only_nodes", "dbt_unique_id"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,9 @@ class DbtProject:
     manifest_path: str | None = None  # a manifest built in CI (recommended); else `dbt ls` at render
     source_freshness: bool = False  # nodes/layers: a freshness task before the readers of each source
     execution: str = "isolated"  # nodes: how node tasks run
+    # nodes: the unique ids a run builds, chosen at run time (a template, e.g. an XCom of `dbt ls`):
+    # the other node tasks skip, and a skipped upstream does not skip its downstream.
+    run_only: str | None = None
     runtime_root: str | None = None
     venv_path: str | None = None
     dbt_executable: str | None = None
@@ -86,7 +97,9 @@ class DbtProject:
 
     def common_args(self) -> dict[str, Any]:
         """The DbtOperator arguments every task of the project gets."""
-        return {"dbt_project_dir": self.project_dir, "conn_id": self.conn_id,
+        chosen: dict[str, Any] = {} if self.run_only is None else {
+            "only_nodes": self.run_only, "trigger_rule": "none_failed"}
+        return {**chosen, "dbt_project_dir": self.project_dir, "conn_id": self.conn_id,
                 "profiles_dir": self.profiles_dir, "target": self.target, "profile_name": self.profile_name,
                 "vars": dict(self.vars) if self.vars else None, "runtime_root": self.runtime_root,
                 "venv_path": self.venv_path, "dbt_executable": self.dbt_executable,
@@ -150,6 +163,15 @@ def _render(project: DbtProject, *, serialised: bool, loaded: LoadedGraph | None
             ("test" if node.resource_type == "test" else "build"), note), args)
     if project.shape == "nodes":
         edges += [(tasks[up], tasks[down]) for up, down in graph.edges()]
+        if project.execution == "streamed":
+            producer = DbtOperator(
+                task_id=PRODUCER_TASK_ID, command="build", select=list(project.select) or None,
+                exclude=list(project.exclude) or None, selector=project.selector, stream_nodes=True,
+                doc_md="Builds the whole selection in one detached `dbt build` and streams each node's "
+                       "result to the node tasks, which wait for it in the triggerer.", **args)
+            waiting = {id(down) for _, down in edges}
+            edges += [(producer, t) for t in tasks.values() if id(t) not in waiting]
+            tasks[PRODUCER_TASK_ID] = producer
     else:
         layers = build_layers(graph, loaded.layers, project.layers)
         for layer in layers:

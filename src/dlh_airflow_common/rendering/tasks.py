@@ -34,11 +34,27 @@ def isolated_node_task(node: GraphNode, task_id: str, doc: str, args: Mapping[st
     command = _COMMANDS[node.resource_type]
     extra = NODE_ARGS if command == "build" else []
     return DbtOperator(task_id=task_id, command=command, select=[node.selector], extra_args=extra,
-                       doc_md=doc, **args)
+                       doc_md=doc, dbt_unique_id=node.unique_id, **args)
 
 
-# Execution modes for the `nodes` shape; the streamed mode plugs in here.
-NODE_EXECUTIONS: dict[str, NodeTaskFactory] = {"isolated": isolated_node_task}
+PRODUCER_TASK_ID = "dbt_producer"
+
+
+def streamed_node_task(node: GraphNode, task_id: str, doc: str, args: Mapping[str, Any]) -> BaseOperator:
+    """A watcher of the producer's stream, born and ended in the triggerer; builds its node on retry.
+
+    ``trigger_rule="always"``: it starts watching when the run starts, and dbt's result, not the
+    upstream tasks' states, decides its outcome (edges stay for the graph view).
+    """
+    command = _COMMANDS[node.resource_type]
+    extra = NODE_ARGS if command == "build" else []
+    return DbtOperator(task_id=task_id, command=command, select=[node.selector], extra_args=extra,
+                       doc_md=doc, dbt_unique_id=node.unique_id, stream_from=PRODUCER_TASK_ID,
+                       node_tests=node.tests, **{**args, "trigger_rule": "always"})
+
+
+# Execution modes for the `nodes` shape.
+NODE_EXECUTIONS: dict[str, NodeTaskFactory] = {"isolated": isolated_node_task, "streamed": streamed_node_task}
 
 
 def task_ids(graph: DbtGraph) -> dict[str, str]:

@@ -1,0 +1,134 @@
+"""Per-node results of one producer ``dbt build``, streamed as dbt finishes each node.
+
+The producer (a detached run, ``core.detached``) appends one JSON line per finished node to
+``nodes.jsonl`` in its control dir, from dbt's own ``NodeFinished`` events (not from run_results at
+the end). Watchers read it through :class:`NodeChannel`: today :class:`ControlDirChannel` on the
+shared runtime root; an object-storage channel (``s3://``, ``gs://``) only has to implement the
+same two methods (append on the producer side, ``poll`` on the watcher side), so hosts without a
+shared volume can use the mode later. Nothing is written per node anywhere else (no XCom, no
+Variable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+NODE_RESULTS = "nodes.jsonl"
+# Statuses that mean the node is done and fine; a warn test is fine but reported as a warning.
+GOOD = {"success", "pass", "warn"}
+
+
+def stream_dir(runtime_root: Path, dag_id: str, run_id: str) -> Path:
+    """Where the producer of one DAG run keeps its control dir: found from (dag id, run id) alone."""
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+    return runtime_root / "streams" / safe(dag_id) / safe(run_id)
+
+
+def node_result(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The compact result of one node from dbt's ``NodeFinished`` event, or None for other events."""
+    info = event.get("info") or {}
+    if info.get("name") != "NodeFinished":
+        return None
+    data = event.get("data") or {}
+    node = data.get("node_info") or {}
+    result = data.get("run_result") or {}
+    uid = node.get("unique_id")
+    if not uid:
+        return None
+    adapter = result.get("adapter_response") or {}
+    return {
+        "unique_id": uid,
+        "status": str(result.get("status") or node.get("node_status") or "").lower(),
+        "message": result.get("message") or "",
+        "execution_time": float(result.get("execution_time") or 0.0),
+        "rows_affected": adapter.get("rows_affected"),
+        "failures": result.get("failures"),
+        "path": node.get("node_path") or "",
+        "relation": (node.get("node_relation") or {}).get("relation_name") or "",
+        "started_at": node.get("node_started_at") or "",
+        "finished_at": node.get("node_finished_at") or "",
+    }
+
+
+class NodeResultWriter:
+    """Producer side: appends whole lines, so a reader never sees half a result."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        row = node_result(event)
+        if row is None:
+            return
+        line = (json.dumps(row) + "\n").encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+
+@dataclass
+class StreamState:
+    """What a watcher knows: each node's result so far and the producer's last status."""
+
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status: dict[str, Any] | None = None
+    seen: bool = False  # the producer's control dir has ever been visible
+
+
+class NodeChannel(Protocol):
+    """How watchers read a producer's results; one instance per producer run and reader."""
+
+    def poll(self, state: StreamState) -> bool:
+        """Fold what is new into ``state``; True when anything changed."""
+
+
+class ControlDirChannel:
+    """Tails ``nodes.jsonl`` and reads ``status.json`` of a control dir on the shared runtime root."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._launch: object = None
+
+    def poll(self, state: StreamState) -> bool:
+        try:
+            status = json.loads((self.path / "status.json").read_text())
+        except (OSError, ValueError):
+            status = None
+        changed = False
+        if isinstance(status, dict):
+            state.seen = True
+            if status.get("launched") != self._launch:  # a new try of the producer: start over
+                self._launch, self._offset = status.get("launched"), 0
+                state.results.clear()
+                changed = True
+            if status != state.status:
+                state.status, changed = status, True
+        try:
+            with (self.path / NODE_RESULTS).open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except OSError:
+            return changed
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        for line in data[:end].splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            state.results[str(row.get("unique_id"))] = row
+            changed = True
+        return changed

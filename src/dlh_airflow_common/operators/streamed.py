@@ -1,0 +1,84 @@
+"""The node-task side of the streamed per-node mode (the producer is a deferrable DbtOperator).
+
+A node task is born deferred in the triggerer (Airflow >= 3.3: ``start_from_trigger``) with a
+:class:`DbtNodeTrigger` that ends it there. Where that is not available (older Airflow, and
+``dag.test()``, which runs every task through ``execute``), ``execute`` defers to the same trigger
+once the producer has started, and the trigger resumes the task with the outcome.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
+
+from dlh_airflow_common.core.exceptions import DbtRuntimeException
+from dlh_airflow_common.core.stream import stream_dir
+from dlh_airflow_common.operators import settings
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from dlh_airflow_common.operators.dbt import DbtOperator
+
+TRIGGER = "dlh_airflow_common.triggers.node.DbtNodeTrigger"
+START_FROM_TRIGGER_SINCE = (3, 3)
+
+
+def airflow_version() -> tuple[int, int]:
+    from airflow import __version__
+
+    major, minor = __version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def producer_dir(root: Path, context: Context) -> Path:
+    ti = context["ti"]
+    return stream_dir(root, ti.dag_id, ti.run_id)
+
+
+def _trigger_kwargs(op: DbtOperator) -> dict[str, Any]:
+    return {"unique_id": op.dbt_unique_id, "runtime_root": str(settings.runtime_root(op.runtime_root)),
+            "tests": op.node_tests, "producer_task_id": op.stream_from}
+
+
+def born_in_triggerer(op: DbtOperator) -> None:
+    """Make the scheduler start the task in the triggerer (Airflow >= 3.3), never on a worker."""
+    if not op.dbt_unique_id:
+        raise ValueError(f"{op.task_id}: stream_from needs dbt_unique_id (the node the task reflects)")
+    if airflow_version() < START_FROM_TRIGGER_SINCE:
+        return  # older Airflow: execute() defers to the same trigger (a short worker slot)
+    from airflow.triggers.base import StartTriggerArgs
+
+    op.start_trigger_args = StartTriggerArgs(trigger_cls=TRIGGER, trigger_kwargs={**_trigger_kwargs(op),
+                                                                                  "end_task": True},
+                                             next_method="execute_complete", next_kwargs=None, timeout=None)
+    op.start_from_trigger = True
+
+
+def watch_from_worker(op: DbtOperator, context: Context) -> None:
+    """Defer to the node trigger once the producer has started; until then, come back shortly."""
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+
+    ti = context["ti"]
+    if not (producer_dir(settings.runtime_root(op.runtime_root), context) / "status.json").is_file():
+        from airflow.sdk import timezone
+
+        raise AirflowRescheduleException(timezone.utcnow() + timedelta(seconds=2))
+    op.defer(trigger=DbtNodeTrigger(**_trigger_kwargs(op), end_task=False, dag_id=ti.dag_id,
+                                    run_id=ti.run_id, try_number=int(ti.try_number or 1)),
+             method_name="execute_complete")
+
+
+def outcome(event: dict[str, Any]) -> bool:
+    """Apply a node trigger's outcome on the worker; True when the task must build the node itself."""
+    result = event.get("outcome")
+    if result == "run_itself":
+        return True
+    if result == "skipped":
+        raise AirflowSkipException(str(event.get("message")))
+    if result == "failed":
+        raise DbtRuntimeException(str(event.get("message")))
+    return False

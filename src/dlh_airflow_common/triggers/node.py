@@ -1,0 +1,200 @@
+"""DbtNodeTrigger: one node task of a streamed per-node DAG, reflecting its node's result in the producer run.
+
+The task is born here (``start_from_trigger``) and, when the producer is healthy, ends here too
+(success, failed or skipped events end it without a worker). It finds its DAG run's producer from
+its own task instance (dag id, run id), so no per-run value has to be rendered into the task.
+Hundreds of node triggers of one run share one reader of that run's stream per triggerer process.
+
+When the node was not built in this producer run (not selected, or this is a retry / a clear of
+the task), the trigger resumes the task on a worker, which then builds the node itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from airflow.triggers.base import (
+    BaseTrigger,
+    TaskFailedEvent,
+    TaskSkippedEvent,
+    TaskSuccessEvent,
+    TriggerEvent,
+)
+
+from dlh_airflow_common.core.stream import GOOD, ControlDirChannel, StreamState, stream_dir
+
+TERMINAL = {"success", "failed", "cancelled"}
+
+
+class _SharedReader:
+    """One poller of one producer's control dir, shared by every trigger of that run in this process."""
+
+    readers: dict[str, _SharedReader] = {}
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self.channel = ControlDirChannel(path)
+        self.state = StreamState()
+        self.interval = interval
+        self.users = 0
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def attach(cls, path: Path, interval: float) -> _SharedReader:
+        reader = cls.readers.get(str(path))
+        if reader is None:
+            reader = cls.readers[str(path)] = cls(path, interval)
+        reader.users += 1
+        if reader.task is None or reader.task.done():
+            reader.task = asyncio.get_running_loop().create_task(reader._loop())
+        return reader
+
+    def detach(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            self.readers.pop(str(self.channel.path), None)
+            if self.task is not None:
+                self.task.cancel()
+
+    async def _loop(self) -> None:
+        while self.users > 0:
+            if await asyncio.to_thread(self.channel.poll, self.state):
+                self.changed.set()
+                self.changed = asyncio.Event()
+            await asyncio.sleep(self.interval)
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+class DbtNodeTrigger(BaseTrigger):
+    """Waits for one node (and the tests that run with it) in its DAG run's producer stream."""
+
+    def __init__(
+        self,
+        unique_id: str,
+        runtime_root: str,
+        tests: list[str] | None = None,
+        producer_task_id: str = "dbt_producer",
+        end_task: bool = True,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        try_number: int | None = None,
+        poll_interval: float = 0.5,
+        heartbeat_timeout: float = 120.0,
+        start_timeout: float = 600.0,
+    ) -> None:
+        super().__init__()
+        self.unique_id = unique_id
+        self.runtime_root = runtime_root
+        self.tests = list(tests or [])
+        self.producer_task_id = producer_task_id
+        self.end_task = end_task  # born in the triggerer: end the task here; else resume the worker
+        self.dag_id, self.run_id, self.try_number = dag_id, run_id, try_number
+        self.poll_interval = poll_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.start_timeout = start_timeout
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("dlh_airflow_common.triggers.node.DbtNodeTrigger", {
+            "unique_id": self.unique_id, "runtime_root": self.runtime_root, "tests": self.tests,
+            "producer_task_id": self.producer_task_id, "end_task": self.end_task, "dag_id": self.dag_id,
+            "run_id": self.run_id, "try_number": self.try_number, "poll_interval": self.poll_interval,
+            "heartbeat_timeout": self.heartbeat_timeout, "start_timeout": self.start_timeout,
+        })
+
+    def _run_identity(self) -> tuple[str, str, int]:
+        ti = self.task_instance
+        dag_id = self.dag_id or getattr(ti, "dag_id", None)
+        run_id = self.run_id or getattr(ti, "run_id", None)
+        if not dag_id or not run_id:
+            raise RuntimeError("DbtNodeTrigger needs its task instance (dag id, run id) to find its producer")
+        return str(dag_id), str(run_id), int(self.try_number or getattr(ti, "try_number", 1) or 1)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        dag_id, run_id, try_number = self._run_identity()
+        path = stream_dir(Path(self.runtime_root), dag_id, run_id)
+        if try_number > 1:
+            yield self._resume("run_itself", f"try {try_number}: this task builds {self.unique_id} itself")
+            return
+        reader = _SharedReader.attach(path, self.poll_interval)
+        started = time.monotonic()
+        try:
+            while True:
+                event = self._decide(reader.state, path, started)
+                if event is not None:
+                    yield event
+                    return
+                await reader.wait(max(self.poll_interval * 4, 1.0))
+        finally:
+            reader.detach()
+
+    def _decide(self, state: StreamState, path: Path, started: float) -> TriggerEvent | None:
+        """The task's outcome once the stream tells it, else None (keep waiting)."""
+        status = state.status or {}
+        finished = status.get("state") in TERMINAL
+        node = state.results.get(self.unique_id)
+        tests = [state.results[t] for t in self.tests if t in state.results]
+        if node is not None and (len(tests) == len(self.tests) or finished):
+            return self._outcome(node, tests)
+        if finished:
+            if status.get("state") == "cancelled":
+                return self._end("failed", f"The producer run was cancelled before {self.unique_id} was "
+                                 f"built; see the log of task {self.producer_task_id}")
+            return self._resume("run_itself", f"{self.unique_id} was not built by the producer run "
+                                "(not selected there): this task builds it itself")
+        if not state.seen:
+            if time.monotonic() - started > self.start_timeout:
+                return self._end("failed", f"The producer task {self.producer_task_id} did not start within "
+                                 f"{self.start_timeout:.0f}s (no {path}); check that task")
+            return None
+        if time.time() - float(status.get("heartbeat") or 0) > self.heartbeat_timeout:
+            return self._end("failed", f"The producer run stopped reporting for over "
+                             f"{self.heartbeat_timeout:.0f}s (host {status.get('host')}, pid "
+                             f"{status.get('pid')}); its log: task {self.producer_task_id}, and "
+                             f"{path / 'progress.log'}")
+        return None
+
+    def _outcome(self, node: dict[str, Any], tests: list[dict[str, Any]]) -> TriggerEvent:
+        self._log_result(node)
+        for test in tests:
+            self._log_result(test)
+        if node["status"] == "skipped":
+            return self._end("skipped", f"dbt skipped {self.unique_id}: an upstream node failed")
+        bad = [r for r in [node, *tests] if r["status"] not in GOOD and r["status"] != "skipped"]
+        if bad:
+            first = bad[0]
+            where = f" (compiled from {first['path']})" if first.get("path") else ""
+            return self._end("failed", f"{first['unique_id']} {first['status']}{where}: "
+                             f"{(first.get('message') or '').strip()}")
+        return self._end("success", f"{self.unique_id} built ({node['execution_time']:.1f}s)")
+
+    def _log_result(self, row: dict[str, Any]) -> None:
+        rows = f", {row['rows_affected']} rows" if row.get("rows_affected") not in (None, -1) else ""
+        line = (f"{row['unique_id']}: {row['status'].upper()} in {row['execution_time']:.2f}s{rows} "
+                f"(started {row.get('started_at') or '?'}, finished {row.get('finished_at') or '?'})")
+        message = (row.get("message") or "").strip()
+        if row["status"] == "warn":
+            self.log.warning("%s: %s", line, message)
+        elif row["status"] in GOOD or row["status"] == "skipped":
+            self.log.info("%s%s", line, f": {message}" if message else "")
+        else:
+            self.log.error("%s: %s", line, message)
+
+    def _end(self, outcome: str, message: str) -> TriggerEvent:
+        (self.log.error if outcome == "failed" else self.log.info)("%s", message)
+        if self.end_task:
+            event = {"success": TaskSuccessEvent, "failed": TaskFailedEvent, "skipped": TaskSkippedEvent}
+            return event[outcome]()
+        return TriggerEvent({"outcome": outcome, "message": message, "unique_id": self.unique_id})
+
+    def _resume(self, outcome: str, message: str) -> TriggerEvent:
+        self.log.info("%s", message)
+        return TriggerEvent({"outcome": outcome, "message": message, "unique_id": self.unique_id})

@@ -1,0 +1,137 @@
+"""Streamed per-node mode: one producer dbt build, node tasks that reflect its streamed results."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CANARY, REPO
+from tests.pgserver import PgServer
+
+DAG_FILE = REPO / "tests" / "dags" / "streamed_dbt_dags.py"
+RUNTIME = Path(os.environ["DLH_DBT_RUNTIME_ROOT"])
+NODE_TASKS = {"seed.raw_events", "source.raw.ext_events", "test.relationships_mart_2_id__id__ref_stg_a_",
+              *(f"model.{n}" for n in ("stg_events", "stg_a", "stg_b", "int_x", "mart_1", "mart_2", "boom",
+                                       "boom_child", "flaky"))} - {"source.raw.ext_events"}
+
+
+@pytest.fixture(scope="module")
+def bag(airflow_db: None, pg: PgServer) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    pg.execute("drop database if exists streamed with (force)")
+    pg.execute("create database streamed owner dbt_user")
+    os.environ["AIRFLOW_CONN_RENDER_PG"] = json.dumps(
+        {"conn_type": "postgres", "host": "127.0.0.1", "port": pg.port, "login": "dbt_user",
+         "password": CANARY, "schema": "streamed", "extra": {"schema": "gen", "threads": 4}})
+    pg.execute("create schema main authorization dbt_user", dbname="streamed")
+    pg.execute("create table main.ext_events as select 1 as id, 'a' as kind, "
+               "timestamp '2026-11-01' as loaded_at", dbname="streamed")
+    pg.execute("alter table main.ext_events owner to dbt_user", dbname="streamed")
+    dagbag = DagBag(str(DAG_FILE))
+    assert not dagbag.import_errors, dagbag.import_errors
+    return dagbag
+
+
+def _states(dr: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+
+
+def _run_dirs(dag_id: str) -> list[str]:
+    return sorted(p.name for p in RUNTIME.glob(f"runs/run_*_{dag_id}_*"))
+
+
+@pytest.mark.parametrize("dag_id", ["streamed_duck", "streamed_pg"])
+def test_one_dbt_build_and_every_node_task_mirrors_its_node(bag: Any, dag_id: str) -> None:
+    dag = bag.get_dag(dag_id)
+    assert set(dag.task_dict) == NODE_TASKS | {"dbt_producer"}
+    assert all(dag.task_dict[t].start_from_trigger for t in NODE_TASKS)  # born in the triggerer (3.3)
+    dr = dag.test()
+    states = _states(dr)
+    assert dr.state == "success", states
+    assert set(states.values()) == {"success"}
+    # one dbt process built everything: the only run dir of this DAG is the producer's
+    runs = _run_dirs(dag_id)
+    assert len(runs) == 1 and "_dbt_producer_" in runs[0], runs
+
+
+def test_a_failing_node_fails_its_task_and_dbt_skips_its_child(bag: Any) -> None:
+    dr = bag.get_dag("streamed_duck_boom").test()
+    states = _states(dr)
+    assert states["model.boom"] == "failed"
+    assert states["model.boom_child"] == "skipped"  # dbt skipped it: its upstream failed
+    assert states["model.mart_1"] == "success" and states["model.flaky"] == "success"
+    assert states["dbt_producer"] == "failed"  # the build as a whole failed
+
+
+def test_a_retry_of_the_failed_node_builds_it_by_itself(bag: Any) -> None:
+    flaky_csv = Path(os.environ["DLH_RENDER_PROJECT_DIR"]).parent / "flaky_streamed.csv"
+    flaky_csv.unlink(missing_ok=True)
+    dr = bag.get_dag("streamed_duck_flaky").test()
+    states = _states(dr)
+    assert states["model.flaky"] == "success", states
+    assert dr.get_task_instance("model.flaky").try_number == 2
+    assert states["model.mart_1"] == "success" and dr.get_task_instance("model.mart_1").try_number == 1
+    runs = _run_dirs("streamed_duck_flaky")
+    assert any("_model_flaky_try2_" in r for r in runs), runs  # the retry ran dbt for that node only
+
+
+# -- the trigger's decisions on a control dir it can see ------------------------------------------
+def _control_dir(tmp_path: Path, *, state: str, heartbeat: float, results: list[dict[str, Any]]) -> Path:
+    from dlh_airflow_common.core.stream import stream_dir
+
+    path = stream_dir(tmp_path, "d", "r")
+    path.mkdir(parents=True)
+    (path / "status.json").write_text(json.dumps({"state": state, "heartbeat": heartbeat, "launched": 1.0,
+                                                  "host": "h", "pid": 1}))
+    (path / "nodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    return path
+
+
+def _first_event(tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    import asyncio
+
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+
+    trigger = DbtNodeTrigger(runtime_root=str(tmp_path), end_task=False, dag_id="d", run_id="r", try_number=1,
+                             poll_interval=0.05, **kw)
+
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("no event")
+
+    return asyncio.run(asyncio.wait_for(first(), 20))
+
+
+def _row(uid: str, status: str, message: str = "") -> dict[str, Any]:
+    return {"unique_id": uid, "status": status, "message": message, "execution_time": 0.5,
+            "rows_affected": 3, "path": "models/x.sql"}
+
+
+def test_trigger_outcomes(tmp_path: Path) -> None:
+    now = time.time()
+    _control_dir(tmp_path, state="running", heartbeat=now, results=[
+        _row("model.p.a", "success"), _row("test.p.t", "warn", "1 row"),
+        _row("model.p.b", "error", "relation does not exist"), _row("model.p.c", "skipped")])
+    assert _first_event(tmp_path, unique_id="model.p.a", tests=["test.p.t"])["outcome"] == "success"
+    failed = _first_event(tmp_path, unique_id="model.p.b")
+    assert failed["outcome"] == "failed" and "relation does not exist" in failed["message"]
+    assert "models/x.sql" in failed["message"]
+    assert _first_event(tmp_path, unique_id="model.p.c")["outcome"] == "skipped"
+
+
+def test_trigger_when_the_producer_ends_without_the_node_or_dies(tmp_path: Path) -> None:
+    _control_dir(tmp_path / "done", state="success", heartbeat=time.time(), results=[])
+    assert _first_event(tmp_path / "done", unique_id="model.p.x")["outcome"] == "run_itself"
+    _control_dir(tmp_path / "cancel", state="cancelled", heartbeat=time.time(), results=[])
+    cancelled = _first_event(tmp_path / "cancel", unique_id="model.p.x")
+    assert cancelled["outcome"] == "failed" and "cancelled" in cancelled["message"]
+    path = _control_dir(tmp_path / "dead", state="running", heartbeat=time.time() - 600, results=[])
+    dead = _first_event(tmp_path / "dead", unique_id="model.p.x", heartbeat_timeout=5)
+    assert dead["outcome"] == "failed" and str(path / "progress.log") in dead["message"]
