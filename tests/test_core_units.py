@@ -45,6 +45,7 @@ def test_run_dirs_retry_state_and_task_ids_sanitise_names_the_same_way() -> None
     from types import SimpleNamespace
 
     from dlh_airflow_common.core.names import safe_name
+    from dlh_airflow_common.core.stream import stream_dir
     from dlh_airflow_common.operators.retry_state import RetryState
     from dlh_airflow_common.rendering import tasks
 
@@ -56,6 +57,7 @@ def test_run_dirs_retry_state_and_task_ids_sanitise_names_the_same_way() -> None
     ti = SimpleNamespace(dag_id="d", task_id="t", run_id=weird)
     assert RetryState.for_task(Path("/r"), ti).path.name == safe_name(weird)
     assert tasks._task_id(weird) == safe_name(weird, keep=".")
+    assert stream_dir(Path("/r"), weird, weird) == Path("/r/streams") / safe_name(weird) / safe_name(weird)
 
 
 def test_runtime_shadows_project_and_cleans_up(demo_project: Path, runtime_root: Path) -> None:

@@ -26,7 +26,7 @@ def _age(path: Path, hours: float) -> None:
 
 def _leftovers(root: Path, demo_project: Path, n: int) -> dict[str, list[Path]]:
     """``n`` finished dirs of every kind, the i-th i - 0.5 hours old, plus one of each just written."""
-    made: dict[str, list[Path]] = {"runs": [], "retry_state": [], "deferred": [], "state": []}
+    made: dict[str, list[Path]] = {"runs": [], "retry_state": [], "deferred": [], "streams": [], "state": []}
     for i in range(n + 1):
         run = DbtRuntime.create(demo_project, runtime_root=root, identity=RunIdentity("dag", f"t{i}", 1),
                                 keep_target_artifacts=True)
@@ -34,13 +34,15 @@ def _leftovers(root: Path, demo_project: Path, n: int) -> dict[str, list[Path]]:
         run.cleanup()
         retry = root / "retry_state" / "dag" / f"t{i}" / "manual__1"
         ctl = root / "deferred" / f"run_{i}"
+        stream = root / "streams" / f"dag{i % 2}" / f"manual__{i}"
         state = root / "state" / "salesforce" / "runs" / f"manual__{i}"
-        for path in (retry, ctl, state):
+        for path in (retry, ctl, stream, state):
             path.mkdir(parents=True)
         (retry / "run_results.json").write_text("{}")
-        (ctl / "status.json").write_text(json.dumps({"state": "failed", "heartbeat": 0}))
+        for control in (ctl, stream):
+            (control / "status.json").write_text(json.dumps({"state": "failed", "heartbeat": 0}))
         (state / "manifest.json").write_text("{}")
-        for kind, path in zip(made, (run.run_dir, retry, ctl, state), strict=True):
+        for kind, path in zip(made, (run.run_dir, retry, ctl, stream, state), strict=True):
             made[kind].append(path)
             if i:
                 _age(path, i - 0.5)
@@ -74,7 +76,7 @@ def test_200_runs_leave_only_what_retention_keeps_and_never_a_live_one(demo_proj
         for kind, paths in made.items():
             assert [p.exists() for p in paths] == [True] * 101 + [False] * 100, kind
         assert all(p.exists() for p in live)
-        assert len(removed) == 4 * 100
+        assert len(removed) == 5 * 100
         prune(runtime_root, Retention(max_age=100 * HOUR, keep=20, min_age=HOUR))
         for kind, paths in made.items():
             assert [p.exists() for p in paths] == [True] * 20 + [False] * 181, kind

@@ -5,6 +5,7 @@ Kinds of dirs, each pruned on its own (patterns relative to the runtime root)::
     runs/*               run dirs kept with keep_target_artifacts (or left by a killed worker)
     retry_state/*/*/*    a failed try's state, useless once the task finally failed
     deferred/*           control dirs of deferred runs (a killed task's, a lost worker's)
+    streams/*/*          control dirs of streamed per-node producers (one per DAG run)
     state/*/runs/*       per-run target dirs of pipelines (the Salesforce pipeline's failed runs)
 
 A dir goes when nothing marks it alive and it is older than ``max_age``, or it is beyond the newest
@@ -27,7 +28,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-KINDS = ("runs/*", "retry_state/*/*/*", "deferred/*", "state/*/runs/*")
+KINDS = ("runs/*", "retry_state/*/*/*", "deferred/*", "streams/*/*", "state/*/runs/*")
 ACTIVE_FILE = ".dlh_active"
 STAMP_FILE = ".retention"
 HEARTBEAT_ALIVE = 600.0  # a running supervisor beats every 5 s; a stale beat is a lost host
@@ -104,11 +105,17 @@ def prune(root: Path, policy: Retention, now: float | None = None,
                 continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
-            if pattern.startswith("retry_state/"):  # leave no empty <dag>/<task> behind
-                for parent in (path.parent, path.parent.parent):
-                    with contextlib.suppress(OSError):
-                        parent.rmdir()
+            _remove_empty_parents(path, pattern)
     return removed
+
+
+def _remove_empty_parents(path: Path, pattern: str) -> None:
+    """Leave no empty ``<dag>/<task>`` behind: the parents the pattern's inner ``*`` stand for."""
+    for parent, part in zip(path.parents, reversed(pattern.split("/")[:-1]), strict=False):
+        if part != "*":
+            return
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 def maybe_prune(root: Path, policy: Retention, kinds: tuple[str, ...] = KINDS) -> list[Path] | None:
