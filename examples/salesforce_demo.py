@@ -143,6 +143,19 @@ def rebuilt_nodes() -> list[str]:
     return sorted(r["unique_id"] for r in results if r["unique_id"].startswith("model."))
 
 
+def docs_published(states: dict[str, str]) -> bool:
+    """The last run's `docs generate` published the site the API server's "dbt Docs" menu serves."""
+    from dlh_airflow_common.docs import DocsSite
+
+    site = DocsSite()  # <runtime root>/docs, as the DAG's DbtOperator published it
+    projects = site.projects()
+    print(f"\ndbt docs: {states.get('dbt_docs_generate')}; published under {site.location}: "
+          f"{', '.join(projects) or 'NOTHING (unexpected)'}")
+    print("  to browse them: AIRFLOW_HOME=.demo/airflow DLH_DBT_RUNTIME_ROOT=.demo/dbt-runtime "
+          "uv run airflow api-server, then the 'dbt Docs' menu entry")
+    return states.get("dbt_docs_generate") == "success" and bool(projects)
+
+
 def main() -> int:
     started = time.monotonic()
     shutil.rmtree(WORK, ignore_errors=True)
@@ -169,13 +182,14 @@ def main() -> int:
     edited = org.late_edits(5)
     org.save()
     print(f"\nlate edits of {len(edited)} old opportunities: {', '.join(edited)}")
-    run_pipeline("run 3: late edits", env)
+    states = run_pipeline("run 3: late edits", env)
     print("  models rebuilt: " + ", ".join(n.split(".")[-1] for n in rebuilt_nodes()))
     report(env)
+    published = docs_published(states)
     uri = os.environ.get("DEMO_WAREHOUSE_URI")
     where = re.sub(r"//[^@/]*@", "//***@", uri) if uri else str(WORK / "warehouse.duckdb")  # no password
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s; warehouse: {where}")
-    ok = bool(skipped)
+    ok = bool(skipped) and published
     return 0 if ok else 1
 
 

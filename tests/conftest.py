@@ -151,3 +151,13 @@ def run_in_mount_namespace(script: str, tmp_path: Path, *args: object) -> dict[s
 
 def add_model(project: Path, name: str, sql: str, folder: str = "marts") -> None:
     (project / "models" / folder / f"{name}.sql").write_text(sql)
+
+
+def needs_airflow(version: str) -> pytest.MarkDecorator:
+    """Skip a test of a feature that needs a newer Airflow, naming both versions (see ``make test-compat``)."""
+    from airflow import __version__ as installed
+
+    from dlh_airflow_common._compat import airflow_at_least
+
+    return pytest.mark.skipif(not airflow_at_least(version),
+                              reason=f"needs Airflow {version} or newer; this environment has Airflow {installed}")

@@ -26,7 +26,7 @@ from dlh_airflow_common.core import (
     project_dir_from_dag_file,
     summarize,
 )
-from dlh_airflow_common.core.classify import classify_messages
+from dlh_airflow_common.core.classify import Evidence, classify
 from dlh_airflow_common.core.profiles import ADAPTERS, ProfilesDir, render_profile
 
 
@@ -195,15 +195,15 @@ def test_profiles_dir_is_private_and_removed(tmp_path: Path) -> None:
         ('connection to server at "127.0.0.1", port 5 failed: Connection refused', DbtConnectionException),
         ("could not connect to server: No route to host", DbtConnectionException),
         ("server closed the connection unexpectedly", DbtConnectionException),
-        ("HTTP 503 Service Unavailable", DbtConnectionException),
+        ("HTTP 503 Service Unavailable", DbtRuntimeException),  # an API's words, not a lost connection
         ("Compilation Error in model x\n  'foo' is undefined", DbtCompilationException),
         ("Parsing Error\n  Invalid models config", DbtCompilationException),
         ("Runtime Error\n  Could not find profile named 'demo'", DbtProfileException),
         ('Database Error in model x\n  syntax error at or near "selec"', DbtRuntimeException),
     ],
 )
-def test_classifier(message: str, cls: type) -> None:
-    assert classify_messages([message]) is cls
+def test_classifier_on_a_foreign_clis_text(message: str, cls: type) -> None:
+    assert classify(Evidence(messages=[message])) is cls
     assert cls(message).retryable is (cls is DbtConnectionException)
 
 

@@ -23,23 +23,11 @@ from dlh_airflow_common.core import (
 )
 from tests.conftest import CANARY, add_model
 from tests.pgserver import PgServer
+from tests.processes import dbt_processes, group_pids
 
 
 def _invoker(project: Path, conn: ConnectionInfo, root: Path, **kw: object) -> DbtInvoker:
     return DbtInvoker(project, ProfileConfig(connection=conn), runtime_root=root, **kw)  # type: ignore[arg-type]
-
-
-def _group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
-                pids.append(int(entry))
-    return pids
 
 
 def _files_containing(root: Path, needle: str) -> list[Path]:
@@ -133,16 +121,17 @@ def test_cancel_stops_query_and_process_and_keeps_no_secret(
         pg.wait_until(sleeping, lambda rows: len(rows) == 1, timeout=60)
         pid = runner.pid
         assert pid is not None
-        group = _group_pids(pid)
+        group = group_pids(pid)
         cmdlines = b"".join(Path(f"/proc/{p}/cmdline").read_bytes() for p in group)
         assert CANARY.encode() not in cmdlines and b"dbt" in cmdlines
+        assert dbt_processes(runtime_root)  # the leftover check below can see this run
         started = time.monotonic()
         inv.cancel()
         thread.join(60)
         stopped_in = time.monotonic() - started
     assert not thread.is_alive()
     assert stopped_in < 20, "dbt did not stop within the grace period"
-    assert _group_pids(pid) == []
+    assert group_pids(pid) == [] and dbt_processes(runtime_root) == []
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
     # the warehouse query was cancelled, not left running

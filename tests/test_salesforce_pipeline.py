@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dlh_airflow_common.docs import DocsError, DocsSite
 from tests.conftest import REPO
 from tests.pgserver import PgServer
 
@@ -95,9 +96,17 @@ def _node_models(states: dict[str, str], state: str) -> set[str]:
     return {t.split(".", 2)[2] for t, s in states.items() if t.startswith("dbt_build.model.") and s == state}
 
 
+def _docs_version() -> str | None:
+    try:
+        return DocsSite().version("salesforce")
+    except DocsError:
+        return None
+
+
 def test_guard_skips_without_new_data_and_rebuilds_only_changed_lineage(pipeline: dict[str, Any]) -> None:
     bag = pipeline["bag"]
     nodes = pipeline["kind"].endswith("-nodes")
+    docs_before = _docs_version()
     _run(bag, "salesforce_extract")
     first = _run(bag, "salesforce_dbt")
     assert first["record_success"] == "success"
@@ -107,6 +116,8 @@ def test_guard_skips_without_new_data_and_rebuilds_only_changed_lineage(pipeline
     else:
         assert first["dbt_build"] == "success"
         assert "fct_salesforce__opportunities" in _models_rebuilt()  # no state yet: full build
+    assert first["dbt_docs_generate"] == "success"  # and it published a new docs site
+    assert _docs_version() not in (None, docs_before)
 
     # no new data: the guard short-circuits everything downstream
     _run(bag, "salesforce_extract")

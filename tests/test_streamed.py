@@ -15,9 +15,9 @@ from tests.pgserver import PgServer
 
 DAG_FILE = REPO / "tests" / "dags" / "streamed_dbt_dags.py"
 RUNTIME = Path(os.environ["DLH_DBT_RUNTIME_ROOT"])
-NODE_TASKS = {"seed.raw_events", "source.raw.ext_events", "test.relationships_mart_2_id__id__ref_stg_a_",
+NODE_TASKS = {"seed.raw_events", "test.relationships_mart_2_id__id__ref_stg_a_",
               *(f"model.{n}" for n in ("stg_events", "stg_a", "stg_b", "int_x", "mart_1", "mart_2", "boom",
-                                       "boom_child", "flaky"))} - {"source.raw.ext_events"}
+                                       "boom_child", "flaky"))}
 
 
 @pytest.fixture(scope="module")

@@ -70,3 +70,20 @@ def test_a_venv_that_cannot_be_built_says_why(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(RuntimeError, match=r"Cannot build the test virtualenv.*no-python"):
         dbt_venv()
     assert not any(p.name.startswith("dbt-") for p in tmp_path.iterdir())
+
+
+def test_another_venvs_dbt_failure_reads_as_well(venv: Path, demo_project: Path, duck: Any,
+                                                 runtime_root: Path) -> None:
+    """A foreign dbt CLI reports only JSON events: still the right class, headline and user paths."""
+    from dlh_airflow_common.core import DbtCommand, DbtInvoker, DbtProjectException, ProfileConfig
+    from dlh_airflow_common.core.runners import SubprocessRunner
+
+    yml = demo_project / "dbt_project.yml"
+    yml.write_text(yml.read_text().replace('version: "1.0.0"', "version: 1"))
+    inv = DbtInvoker(demo_project, ProfileConfig(connection=duck), runtime_root=runtime_root,
+                     runner=SubprocessRunner(venv_path=str(venv)))
+    with pytest.raises(DbtProjectException) as err:
+        inv.invoke(DbtCommand("build"))
+    assert err.value.message.endswith("before running any node: at path ['version']: '1' is not valid "
+                                      "under any of the given schemas"), err.value.message
+    assert f"Error encountered in {yml}" in str(err.value) and str(runtime_root) not in str(err.value)

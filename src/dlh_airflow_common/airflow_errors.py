@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from airflow.sdk.exceptions import AirflowException
-
+from dlh_airflow_common._compat import AirflowException
 from dlh_airflow_common.core.exceptions import DbtException
 
 _FLAVOURED: dict[type[DbtException], type[DbtException]] = {}

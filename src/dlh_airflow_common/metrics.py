@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+
+from dlh_airflow_common._compat import stats as _stats
 
 log = logging.getLogger(__name__)
-
-
-def _stats() -> Any:
-    try:
-        from airflow.sdk.observability.stats import Stats
-    except ImportError:  # pragma: no cover - older Airflow 3 layouts
-        from airflow.stats import Stats
-    return Stats
 
 
 def emit_run_metrics(dag_id: str, task_id: str, *, seconds: float, counts: dict[str, int], attempts: int,

@@ -49,7 +49,7 @@ for mode, deferrable in (("sync", False), ("deferred", True)):
         _dag(f"{warehouse}_{mode}_failing_model", command="build", conn_id=f"{warehouse}_ops",
              deferrable=deferrable, select=["boom", "+stg_customers"], vars={"boom": True})
     _dag(f"pg_{mode}_timeout", command="build", conn_id="pg_ops", deferrable=deferrable, exclude="test_type:data",
-         select="+slow_model", vars={"slow_seconds": 120}, timeout=8, cancel_grace=10,
+         select="+slow_model", vars={"slow_seconds": 120}, timeout=20, cancel_grace=10,
          keep_target_artifacts=False)
     # A warehouse nobody listens on: a transient failure, retried inside the try, then failed.
     _dag(f"pg_{mode}_refused", command="build", conn_id="pg_refused", deferrable=deferrable, retry_limit=1,

@@ -4,7 +4,8 @@ check_for_new_raw_data short-circuits the run when the raw watermark (newest Sys
 equals the one recorded at the last successful build. Otherwise dbt checks source freshness and
 builds only what is downstream of sources with newer data (`source_status:fresher+` against the last
 successful run's state), or everything when there is no state yet. The watermark and the state are
-recorded only after a successful build. dbt runs through DbtOperator in isolated runtimes, so the
+recorded only after a successful build, and then `dbt docs generate` publishes the project's docs site
+(served in the Airflow UI under "dbt Docs"). dbt runs through DbtOperator in isolated runtimes, so the
 project may be mounted read-only.
 
 `SALESFORCE_DBT_SHAPE=nodes` renders the build as one task per dbt node instead of one task: after
@@ -101,5 +102,10 @@ with DAG(
             _store().record_transformed(chosen["raw_watermark"])
         return str(chosen["raw_watermark"])
 
+    # After the state is recorded, so a docs failure never blocks the next build: a target of its own
+    # (not the build's state dir); on success the site is published for the API server's "dbt Docs".
+    docs = DbtOperator(task_id="dbt_docs_generate", command="docs generate", dbt_project_dir=PROJECT,
+                       conn_id=WAREHOUSE_CONN_ID)
+
     check_for_new_raw_data() >> plan_build() >> freshness
-    build >> record_success()
+    build >> record_success() >> docs

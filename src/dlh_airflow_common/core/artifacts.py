@@ -12,6 +12,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ARTIFACTS = ("manifest.json", "run_results.json", "sources.json", "catalog.json")
+# The pages `dbt docs generate` writes next to manifest/catalog; kept so the site can be published.
+DOCS_PAGES = ("index.html", "static_index.html")
 FAILED = {"error", "fail", "runtime error"}
 WARNED = {"warn"}
 

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dlh_airflow_common.core.artifacts import ARTIFACTS
+from dlh_airflow_common.core.artifacts import ARTIFACTS, DOCS_PAGES
 from dlh_airflow_common.core.exceptions import DbtException
 from dlh_airflow_common.core.invoke import DbtCommand, DbtInvoker, DbtTaskResult
 from dlh_airflow_common.core.profile_setup import ProfileConfig
@@ -267,7 +267,7 @@ def _supervise(ctl: ControlDir) -> int:
 def copy_artifacts(target: Path, dest: Path) -> None:
     """Copy the run's artifacts out of a target dir that is about to be removed."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ARTIFACTS:
+    for name in (*ARTIFACTS, *DOCS_PAGES):
         if (target / name).is_file():
             shutil.copyfile(target / name, dest / name)
 

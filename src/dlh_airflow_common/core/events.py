@@ -7,6 +7,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from dlh_airflow_common._dbt_entry import EXCEPTION_EVENT
+
 log = logging.getLogger(__name__)
 
 _STATUS_WORDS = {"success": "OK", "ok": "OK", "pass": "PASS", "error": "ERROR", "fail": "FAIL",
@@ -29,27 +31,44 @@ class EventCollector:
         progress: Callable[[str], None] | None = None,
         secrets: Iterable[str] = (),
         tail_size: int = 40,
+        rewrite: Callable[[str], str] | None = None,
     ) -> None:
         self._progress = progress or log.info
         self._secrets = [s for s in secrets if s]
+        self._rewrite = rewrite  # e.g. private shadow paths back to the user's project
         self.tail: deque[str] = deque(maxlen=tail_size)
         self.errors: list[str] = []
+        self.exception_classes: list[str] = []  # dbt's exception, when our entry or dbtRunner saw one
+        self.exception_message = ""
+
+    def clean(self, text: str) -> str:
+        """Text fit to show: secrets redacted, paths the user's own."""
+        text = redact(text, self._secrets)
+        return self._rewrite(text) if self._rewrite else text
+
+    def _remember(self, text: str) -> None:
+        if text not in self.tail:  # dbt reports one error in several events: show it once
+            self.tail.append(text)
 
     def feed_text(self, line: str) -> None:
         """A line that is not a JSON event (a traceback on stderr, an adapter's print)."""
-        line = redact(line.rstrip("\n"), self._secrets)
+        line = self.clean(line.rstrip("\n"))
         if line:
-            self.tail.append(line)
+            self._remember(line)
 
     def feed(self, event: dict[str, Any]) -> None:
         info = event.get("info") or {}
         data = event.get("data") or {}
         name = info.get("name", "")
-        msg = redact(str(info.get("msg") or ""), self._secrets)
+        msg = self.clean(str(info.get("msg") or ""))
         level = info.get("level", "")
+        if name == EXCEPTION_EVENT:
+            self.exception_classes = [str(c) for c in data.get("classes") or []]
+            self.exception_message = self.clean(str(data.get("message") or ""))
+            return
         if msg and level in {"info", "warn", "error"}:
-            self.tail.append(msg)
-        if level == "error" and msg:
+            self._remember(msg)
+        if level == "error" and msg and msg not in self.errors:
             self.errors.append(msg)
         if name == "MainReportVersion" and msg:
             self._progress(msg)  # "Running with dbt=1.x.y": which dbt ran (venv_path, dbt_executable)

@@ -82,6 +82,14 @@ class DbtProfileException(DbtException):
     """The profile or connection configuration is wrong: the message names the field to fix."""
 
 
+class DbtConnectionAuthException(DbtProfileException):
+    """The warehouse answered but refused the credentials (or the database/role): a retry cannot help."""
+
+
+class DbtDuckDBLockedException(DbtRuntimeException):
+    """Another process holds the DuckDB file (DuckDB allows one writer per file)."""
+
+
 class DbtProjectException(DbtException):
     """The dbt project itself cannot be used (missing directory, no dbt_project.yml)."""
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +22,21 @@ from dlh_airflow_common.core.artifacts import (
     load_sources,
     summarize,
 )
-from dlh_airflow_common.core.classify import classify_messages, is_transient
+from dlh_airflow_common.core.classify import Evidence, classify, is_transient
+from dlh_airflow_common.core.duckdb_lock import default_wait, duckdb_file, duckdb_writer
 from dlh_airflow_common.core.events import EventCollector, redact
 from dlh_airflow_common.core.exceptions import (
     DbtCancelledException,
     DbtConnectionException,
-    DbtException,
-    DbtRuntimeException,
-    DbtTestFailure,
+    DbtDuckDBLockedException,
     DbtTimeoutException,
+)
+from dlh_airflow_common.core.failure import (
+    MAX_SQL_NODES,
+    first_real_line,
+    fresh_output,
+    with_compiled_sql,
+    without_compiled_paths,
 )
 from dlh_airflow_common.core.profile_setup import ProfileConfig, plain_env, resolve_profile
 from dlh_airflow_common.core.profiles import ProfilesDir
@@ -127,6 +134,7 @@ class DbtInvoker:
         partial_parse: bool = True,
         artifacts_callback: ArtifactsCallback | None = None,
         event_sink: Callable[[dict[str, Any]], None] | None = None,
+        duckdb_lock_wait: float | None = None,
     ) -> None:
         self.project_dir = validate_project_dir(project_dir)
         self.event_sink = event_sink  # sees every dbt event (e.g. ``dbt ls`` output lines)
@@ -145,6 +153,12 @@ class DbtInvoker:
         self.partial_parse = partial_parse
         self.artifacts_callback = artifacts_callback
         self.runtime: DbtRuntime | None = None
+        # How long a command waits for another task's dbt on the same DuckDB file.
+        self.duckdb_lock_wait = default_wait() if duckdb_lock_wait is None else float(duckdb_lock_wait)
+        if self.duckdb_lock_wait < 0:
+            raise ValueError(f"duckdb_lock_wait={duckdb_lock_wait!r} must be seconds >= 0")
+        self._cancelled = threading.Event()
+        self._duckdb_file: Path | None = None
         profile.check()
 
     def _keeps_log_file(self) -> bool:
@@ -157,6 +171,8 @@ class DbtInvoker:
         """Run ``command``; raise a classified :class:`DbtException` unless it succeeded."""
         setup = resolve_profile(self.profile, self.project_dir, self.env_vars)
         secrets = setup.secrets
+        self._cancelled.clear()
+        self._duckdb_file = duckdb_file(setup.output(), command.words)
         is_deps = command.words[:1] == ["deps"]
         runtime = DbtRuntime.create(
             self.project_dir,
@@ -207,7 +223,7 @@ class DbtInvoker:
                 for attempt in retrying:
                     with attempt:
                         attempts = attempt.retry_state.attempt_number
-                        with self._deps_lock(runtime, is_deps):
+                        with self._deps_lock(runtime, is_deps), self._duckdb_writer(runtime):
                             result = self._attempt(call, shown, command, target_dir, secrets, attempts)
                 if is_deps:
                     runtime.publish_packages()
@@ -231,6 +247,7 @@ class DbtInvoker:
 
     def cancel(self) -> None:
         """Stop the running command (SIGINT, grace period, SIGKILL); the caller gets partial results."""
+        self._cancelled.set()  # also ends a wait for a DuckDB file
         self.runner.cancel()
 
     # -- internals ----------------------------------------------------------------------------
@@ -262,6 +279,12 @@ class DbtInvoker:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def _duckdb_writer(self, runtime: DbtRuntime) -> contextlib.AbstractContextManager[None]:
+        """Wait for, then hold, the DuckDB file this command writes (a no-op for other warehouses)."""
+        return duckdb_writer(self._duckdb_file, run_name=runtime.run_dir.name,
+                             runtime_root=runtime.run_dir.parent.parent, wait=self.duckdb_lock_wait,
+                             say=self._say, cancelled=self._cancelled)
+
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         reason = (getattr(exc, "message", None) or str(exc)).splitlines()[0] if exc else "unknown"
@@ -275,7 +298,9 @@ class DbtInvoker:
         is_freshness = command.words[:2] == ["source", "freshness"]
         with contextlib.suppress(FileNotFoundError):
             (target_dir / ("sources.json" if is_freshness else "run_results.json")).unlink()
-        collector = EventCollector(progress=self.progress, secrets=secrets)
+        runtime = self.runtime
+        collector = EventCollector(progress=self.progress, secrets=secrets,
+                                   rewrite=runtime.user_paths if runtime is not None else None)
         self._say(f"Running {shown} (attempt {attempt})")
         sink = self.event_sink
 
@@ -289,7 +314,7 @@ class DbtInvoker:
         sources = load_sources(target_dir) if (target_dir / "sources.json").exists() else {}
         summary = summarize(sources if is_freshness else run_results)
         for line in summary.lines():
-            self._say(redact(line, secrets))
+            self._say(collector.clean(line))
         result = DbtTaskResult(
             success=outcome.return_code == 0 and not outcome.cancelled,
             return_code=outcome.return_code,
@@ -302,8 +327,14 @@ class DbtInvoker:
         )
         if result.success:
             return result
-        failed = [{**f, "message": redact(f["message"], secrets)} for f in summary.failures]
-        tail = collector.output_tail()
+        clean = collector.clean
+        target_removed = not self.keep_target_artifacts and self.target_path is None
+        failed = with_compiled_sql(summary.failures, run_results, clean, target_removed)
+        for row in failed[:MAX_SQL_NODES]:
+            self._say(f"{row['unique_id']} [{row['status']}]: {row['message']}")
+        tail = fresh_output(collector.tail, [f["message"] for f in failed])
+        if target_removed:
+            tail = without_compiled_paths(tail)
         details: dict[str, Any] = {"command": shown, "return_code": outcome.return_code,
                                    "failed_nodes": failed, "output_tail": tail, "summary": summary,
                                    "attempts": attempt}
@@ -313,18 +344,23 @@ class DbtInvoker:
             why = f"timed out after {self.timeout:.0f}s" if outcome.timed_out else "was cancelled"
             raise cls(f"dbt {command.command} {why}; {done} of {summary.total} nodes had finished "
                       f"successfully", **details)
-        messages = [f["message"] for f in failed] + collector.errors
-        if not messages:
-            messages = [tail]
-        exc_cls: type[DbtException] = classify_messages(messages)
-        if exc_cls is DbtRuntimeException and failed and all(f["status"] == "fail" for f in failed):
-            exc_cls = DbtTestFailure
-        if failed:
+        messages = [m for m in (collector.exception_message, *collector.errors) if m] or [tail]
+        exc_cls = classify(Evidence(
+            exception_classes=collector.exception_classes,
+            exception_message=collector.exception_message,
+            failed_nodes=summary.failures,
+            messages=messages,
+        ))
+        if exc_cls is DbtDuckDBLockedException:
+            db = f" {self._duckdb_file}" if self._duckdb_file else ""
+            headline = (f"dbt {command.command} failed ({exc_cls.__name__}): another process holds the "
+                        f"DuckDB file{db} (one writer per file): {first_real_line(messages)}")
+        elif failed:
             headline = f"dbt {command.command} failed ({exc_cls.__name__}): {len(failed)} failing node(s)"
         else:
-            first = next((m.strip().splitlines()[0] for m in messages if m.strip()), "no output")
-            headline = f"dbt {command.command} failed ({exc_cls.__name__}) before running any node: {first}"
-        if exc_cls is DbtConnectionException:
+            headline = (f"dbt {command.command} failed ({exc_cls.__name__}) before running any node: "
+                        f"{first_real_line(messages)}")
+        if issubclass(exc_cls, DbtConnectionException):
             conn = self.profile.connection
-            raise DbtConnectionException(headline, conn_id=conn.conn_id if conn else None, **details)
+            raise exc_cls(headline, conn_id=conn.conn_id if conn else None, **details)
         raise exc_cls(headline, **details)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from dlh_airflow_common._dbt_entry import exception_event
 from dlh_airflow_common.core.exceptions import DbtException
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,16 @@ BASE_ENV = {
     "DBT_USE_COLORS_FILE": "false",
     "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
 }
+
+
+# dbt run through our entry or dbtRunner: its events reach us through a callback, so dbt's own
+# console stays silent (it would print every error a second time as text).
+_ENTRY_CONSOLE = {"DBT_LOG_FORMAT": "text", "DBT_QUIET": "true", "DBT_LOG_LEVEL": "none"}
+
+
+def _silent_console(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with dbt's console off; dbt.log keeps its own level (dbt would take the console's)."""
+    return {"DBT_LOG_LEVEL_FILE": "debug", **env, **_ENTRY_CONSOLE}
 
 
 @dataclass
@@ -131,7 +142,7 @@ class SubprocessRunner:
         timed_out = threading.Event()
         if self._entry:
             argv = [sys.executable, "-m", "dlh_airflow_common._dbt_entry", *call.args]
-            env = {**self._environment(call.env), "DBT_LOG_FORMAT": "text", "DBT_QUIET": "true"}
+            env = _silent_console(self._environment(call.env))
         else:
             argv, env = [self.executable, *call.args], self._environment(call.env)
         proc = subprocess.Popen(
@@ -243,11 +254,11 @@ class InProcessRunner:
         def _callback(msg: Any) -> None:
             on_event(MessageToDict(msg, preserving_proto_field_name=True))
 
-        env = {**BASE_ENV, "DBT_LOG_FORMAT": "text", "DBT_QUIET": "true", **call.env}
+        env = {**_silent_console(BASE_ENV), **call.env}
         with _IN_PROCESS_LOCK, _patched_environ(env), _chdir(call.cwd):
             result = dbtRunner(callbacks=[_callback]).invoke(list(call.args))
         if result.exception is not None:
-            on_text(f"{type(result.exception).__name__}: {result.exception}")
+            on_event(exception_event(result.exception))
             return RunnerResult(2)
         return RunnerResult(0 if result.success else 1)
 

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -221,6 +222,7 @@ class DbtRuntime:
     _parse_target: Path | None = field(default=None, repr=False)
     _layout: _ShadowLayout | None = field(default=None, repr=False)
     _active: ActiveMark | None = field(default=None, repr=False)  # retention skips a live run's dir
+    _shadow_pattern: re.Pattern[str] | None = field(default=None, repr=False)
 
     @property
     def target_dir(self) -> Path:
@@ -310,6 +312,17 @@ class DbtRuntime:
             self.cache.publish_lock(lock if lock.is_file() else None)
         else:
             self.cache.publish_packages(self.packages_dir, lock if lock.is_file() else None)
+
+    def user_paths(self, text: str) -> str:
+        """``text`` with paths into the private shadow shown as the user's project paths.
+
+        dbt only sees the shadow (``projects/<name>-<hash>/project``, the version it links to, or a
+        deps run's ``runs/<run>/project``); a path there means nothing to whoever reads the error.
+        """
+        top = str(self._layout.top if self._layout is not None else self.project_dir)
+        if self._shadow_pattern is None:  # once per run: it is applied to every dbt event
+            self._shadow_pattern = _shadow_paths(self.cache.root, self.run_dir)
+        return self._shadow_pattern.sub(lambda m: top, text)
 
     def cleanup(self) -> None:
         """Remove what the run wrote; keep target and logs when asked to (until retention prunes them)."""
@@ -431,6 +444,15 @@ class _ShadowLayout:
             if old.name != current:
                 shutil.rmtree(old, ignore_errors=True)
         return self.shadow_in(stable)
+
+
+def _shadow_paths(cache_root: Path, run_dir: Path) -> re.Pattern[str]:
+    """The mirror roots dbt may print a path under: the stable link, its versions, a deps mirror."""
+    roots = []
+    for base in {cache_root, cache_root.resolve()}:
+        roots += [re.escape(str(base / "shadows")) + r"/[^/\s'\"]+", re.escape(str(base / "project"))]
+    roots += [re.escape(str(base / "project")) for base in {run_dir, run_dir.resolve()}]
+    return re.compile("(?:" + "|".join(sorted(roots, key=len, reverse=True)) + r")(?![\w.-])")
 
 
 def _link_entries(real: Path, fake: Path, skip: set[str]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from dlh_airflow_common._compat import AirflowNotFoundException
 from dlh_airflow_common.airflow_errors import raised_to_airflow
 from dlh_airflow_common.core.artifacts import load_catalog, load_manifest, load_run_results, load_sources
 from dlh_airflow_common.core.exceptions import DbtProfileException
@@ -21,11 +22,6 @@ from dlh_airflow_common.core.runners import InProcessRunner, Runner, SubprocessR
 from dlh_airflow_common.core.runtime import RunIdentity
 
 log = logging.getLogger(__name__)
-
-try:
-    from airflow.sdk.exceptions import AirflowNotFoundException
-except ImportError:  # pragma: no cover - older Airflow 3.0 layouts
-    from airflow.exceptions import AirflowNotFoundException  # type: ignore[attr-defined]
 
 
 class DbtHook(BaseHook):
@@ -57,6 +53,7 @@ class DbtHook(BaseHook):
         artifacts_callback: ArtifactsCallback | None = None,
         partial_parse: bool = True,
         event_sink: Callable[[dict[str, Any]], None] | None = None,
+        duckdb_lock_wait: float | None = None,
     ) -> None:
         super().__init__()
         if not conn_id and not profiles_dir:
@@ -83,6 +80,7 @@ class DbtHook(BaseHook):
         self.artifacts_callback = artifacts_callback
         self.partial_parse = partial_parse
         self.event_sink = event_sink
+        self.duckdb_lock_wait = duckdb_lock_wait  # None: $DLH_DUCKDB_LOCK_WAIT or one hour
         self.last_result: DbtTaskResult | None = None
         self._invoker: DbtInvoker | None = None
         self._connection: ConnectionInfo | None = None
@@ -161,6 +159,7 @@ class DbtHook(BaseHook):
             partial_parse=self.partial_parse,
             artifacts_callback=self.artifacts_callback,
             event_sink=self.event_sink,
+            duckdb_lock_wait=self.duckdb_lock_wait,
         )
         try:
             self.last_result = self._invoker.invoke(

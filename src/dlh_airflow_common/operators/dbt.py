@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowSkipException
 
+from dlh_airflow_common._compat import AirflowSkipException
 from dlh_airflow_common.airflow_errors import raised_to_airflow
 from dlh_airflow_common.core.detached import ControlDir, copy_artifacts
 from dlh_airflow_common.core.exceptions import DbtException
@@ -46,6 +46,7 @@ class DbtOperator(BaseOperator):
     template_fields: Sequence[str] = (
         "dbt_project_dir", "command", "select", "exclude", "selector", "vars", "env_vars",
         "schema_override", "target", "extra_args", "artifacts_destination", "target_path", "only_nodes",
+        "docs_location",
     )
     template_fields_renderers = {"vars": "json", "env_vars": "json"}
     operator_extra_links = (DbtDocsLink(), DbtArtifactsLink())
@@ -84,6 +85,9 @@ class DbtOperator(BaseOperator):
         artifacts_bucket: str | None = None,
         dbt_docs_url: str | None = None,
         artifacts_url: str | None = None,
+        publish_docs: bool | None = None,
+        docs_location: str | None = None,
+        docs_conn_id: str | None = None,
         runtime_root: str | None = None,
         target_path: str | None = None,
         in_process: bool = False,
@@ -136,6 +140,11 @@ class DbtOperator(BaseOperator):
         self.artifacts_conn_id = artifacts_conn_id
         self.dbt_docs_url = dbt_docs_url
         self.artifacts_url = artifacts_url
+        # `docs generate` publishes its site for the API server's dbt Docs (see docs.py) unless told not to.
+        self.publish_docs = self.command.split()[:2] == ["docs", "generate"] if publish_docs is None \
+            else publish_docs
+        self.docs_location = docs_location
+        self.docs_conn_id = docs_conn_id
         self.runtime_root = runtime_root
         self.target_path = target_path  # a caller-owned target dir shared by tasks (e.g. for --state)
         self.in_process = in_process
@@ -146,8 +155,8 @@ class DbtOperator(BaseOperator):
         age = retention_max_age
         self.retention_max_age = age.total_seconds() if isinstance(age, timedelta) else age
         self.retention_keep = retention_keep
-        # The dbt node this task runs (rendered node tasks), and the nodes a run chose at run time
-        # (templated): a node task whose node is not among them skips instead of running dbt.
+        # The dbt node this task runs (rendered node tasks; its "dbt Docs" link opens that node), and the
+        # nodes a run chose at run time (templated): a node task whose node is not among them skips.
         self.dbt_unique_id = dbt_unique_id
         self.only_nodes = only_nodes
         # Streamed per-node mode: the producer builds the selection in one detached dbt process and
@@ -206,7 +215,8 @@ class DbtOperator(BaseOperator):
         output = hook.resolve_profile().output() if self.conn_id else {}
         return Reporter(context["ti"], self.log, self._retry_state(context),
                         self.artifacts_destination if self.upload_artifacts else None,
-                        self.artifacts_conn_id, output)
+                        self.artifacts_conn_id, output,
+                        (self.docs_location, self.docs_conn_id) if self.publish_docs else None)
 
     # -- execution -----------------------------------------------------------------------------
     @raised_to_airflow()

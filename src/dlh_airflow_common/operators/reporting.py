@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dlh_airflow_common.core.exceptions import DbtException
+from dlh_airflow_common.docs import publish_docs
 from dlh_airflow_common.lineage import task_lineage
 from dlh_airflow_common.metrics import emit_run_metrics
 from dlh_airflow_common.operators.retry_state import RetryState
@@ -28,6 +29,7 @@ class Reporter:
     upload_to: str | None = None
     upload_conn_id: str | None = None
     profile_output: dict[str, Any] | None = None
+    docs_to: tuple[str | None, str | None] | None = None  # (location, conn_id): publish the docs site
 
     def success(self, result: dict[str, Any], artifacts: Path, seconds: float) -> Any:
         """Log warnings, emit metrics, upload, build lineage; return the lineage (or None)."""
@@ -38,6 +40,8 @@ class Reporter:
         self._metrics(summary.get("counts") or {}, int(result.get("attempts") or 1), True, seconds)
         lineage = self._after(artifacts)
         self.retry_state.clear()
+        if self.docs_to is not None:  # the outcome of a docs task, so a failure to publish fails it
+            self.log.info("Published dbt docs: %s", publish_docs(artifacts, *self.docs_to))
         return lineage
 
     def failure(self, exc: DbtException, artifacts: Path, seconds: float, command: str,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from airflow.sdk import conf
-
+from dlh_airflow_common._compat import conf
 from dlh_airflow_common.core.exceptions import DbtException, DbtProjectException
 from dlh_airflow_common.core.retention import Retention
 from dlh_airflow_common.core.runtime import default_runtime_root

@@ -12,8 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
-
+from dlh_airflow_common._compat import AirflowRescheduleException, AirflowSkipException, airflow_at_least
 from dlh_airflow_common.core.exceptions import DbtRuntimeException
 from dlh_airflow_common.core.stream import stream_dir
 from dlh_airflow_common.operators import settings
@@ -24,14 +23,7 @@ if TYPE_CHECKING:
     from dlh_airflow_common.operators.dbt import DbtOperator
 
 TRIGGER = "dlh_airflow_common.triggers.node.DbtNodeTrigger"
-START_FROM_TRIGGER_SINCE = (3, 3)
-
-
-def airflow_version() -> tuple[int, int]:
-    from airflow import __version__
-
-    major, minor = __version__.split(".")[:2]
-    return int(major), int(minor)
+START_FROM_TRIGGER_SINCE = "3.3"
 
 
 def producer_dir(root: Path, context: Context) -> Path:
@@ -48,7 +40,7 @@ def born_in_triggerer(op: DbtOperator) -> None:
     """Make the scheduler start the task in the triggerer (Airflow >= 3.3), never on a worker."""
     if not op.dbt_unique_id:
         raise ValueError(f"{op.task_id}: stream_from needs dbt_unique_id (the node the task reflects)")
-    if airflow_version() < START_FROM_TRIGGER_SINCE:
+    if not airflow_at_least(START_FROM_TRIGGER_SINCE):
         return  # older Airflow: execute() defers to the same trigger (a short worker slot)
     from airflow.triggers.base import StartTriggerArgs
 

@@ -192,7 +192,7 @@ class DbtExecutionTrigger(BaseTrigger):
 
 def _on_kill_budget() -> float:
     """Seconds ``on_kill`` may spend: the triggerer's own limit for it, less a margin."""
-    from airflow.sdk import conf
+    from dlh_airflow_common._compat import conf
 
     return max(0.0, conf.getfloat("triggerer", "on_kill_timeout", fallback=30) - 5)
 

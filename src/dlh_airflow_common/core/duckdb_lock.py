@@ -1,0 +1,120 @@
+"""One writer per DuckDB file: dbt commands on the same file wait for each other instead of failing.
+
+DuckDB locks its file for the whole connection, so a second dbt on the same file fails at once with
+"Could not set lock on file". Tasks of this library take an ``fcntl`` lock first (a file beside the
+database, or under the runtime root when that folder is read-only) and write who holds it there, so a
+waiting task can say for whom it waits and a wait that runs out names the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from dlh_airflow_common.core.exceptions import DbtCancelledException, DbtDuckDBLockedException
+
+DEFAULT_WAIT = 3600.0
+WAIT_ENV = "DLH_DUCKDB_LOCK_WAIT"  # seconds; the default for every task of a deployment
+# dbt commands that never open the database (no adapter connection): they need no lock.
+COMMANDS_WITHOUT_DB = frozenset({"parse", "ls", "list", "deps", "clean"})
+_POLL = 0.5
+_NOT_FILES = (":memory:", "")
+
+
+def default_wait() -> float:
+    """``$DLH_DUCKDB_LOCK_WAIT`` seconds, else one hour; a bad value is an error, not ignored."""
+    raw = os.environ.get(WAIT_ENV)
+    if raw is None:
+        return DEFAULT_WAIT
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise ValueError(f"{WAIT_ENV}={raw!r} is not a number of seconds") from None
+    if wait < 0:
+        raise ValueError(f"{WAIT_ENV}={raw!r} must not be negative")
+    return wait
+
+
+def duckdb_file(output: Mapping[str, Any], words: Sequence[str]) -> Path | None:
+    """The DuckDB file a dbt command writes, or None (another adapter, in-memory, no DB opened)."""
+    if output.get("type") != "duckdb" or not words or words[0] in COMMANDS_WITHOUT_DB:
+        return None
+    path = str(output.get("path") or "")
+    if path in _NOT_FILES or path.startswith(":memory:") or ":" in path.split("/", 1)[0]:
+        return None  # in-memory, or a service such as md:/motherduck:
+    return Path(path).expanduser().resolve()
+
+
+def _lock_path(db: Path, runtime_root: Path) -> Path:
+    beside = db.with_name(db.name + ".dlh-lock")
+    if os.access(db.parent, os.W_OK):
+        return beside
+    digest = hashlib.sha256(str(db).encode()).hexdigest()[:16]
+    locks = runtime_root / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / f"duckdb-{digest}.lock"
+
+
+def _holder(fh: IO[str]) -> str:
+    fh.seek(0)
+    try:
+        who = json.loads(fh.read() or "{}")
+    except ValueError:
+        who = {}
+    if not who:
+        return "an unknown process"
+    return f"run {who.get('run')} (pid {who.get('pid')} on {who.get('host')}, since {who.get('since')})"
+
+
+def _try_lock(fh: IO[str]) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def duckdb_writer(db: Path | None, *, run_name: str, runtime_root: Path, wait: float,
+                  say: Callable[[str], None], cancelled: threading.Event | None = None) -> Iterator[None]:
+    """Hold the DuckDB file ``db`` for one dbt command (no-op for None); wait at most ``wait`` s."""
+    if db is None:
+        yield
+        return
+    path = _lock_path(db, runtime_root)
+    with open(path, "a+") as fh:
+        if not _try_lock(fh):
+            holder = _holder(fh)
+            say(f"Waiting for DuckDB file {db}: held by {holder} (waiting up to {wait:.0f}s)")
+            started = time.monotonic()
+            while not _try_lock(fh):
+                if cancelled is not None and cancelled.is_set():
+                    raise DbtCancelledException(f"Cancelled while waiting for DuckDB file {db}")
+                if time.monotonic() - started >= wait:
+                    raise DbtDuckDBLockedException(
+                        f"DuckDB file {db} is still held by {_holder(fh)} after waiting {wait:.0f}s; "
+                        f"DuckDB allows one writer per file (raise {WAIT_ENV} or schedule the tasks "
+                        "apart)")
+                time.sleep(_POLL)
+            say(f"DuckDB file {db} is free after {time.monotonic() - started:.1f}s; holder was {holder}")
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps({"run": run_name, "pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+            fh.flush()
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fh.flush()
+            fcntl.flock(fh, fcntl.LOCK_UN)
