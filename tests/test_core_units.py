@@ -40,6 +40,26 @@ def test_run_names_follow_the_pattern_and_never_collide() -> None:
     assert re.fullmatch(r"run_20260119_143052_[0-9a-f]{6}", RunIdentity().run_name(now))
 
 
+def test_run_dirs_retry_state_and_task_ids_sanitise_names_the_same_way() -> None:
+    """One rule in core: a run id like ``manual__2026-01-01T00:00:00+00:00`` maps the same everywhere."""
+    from types import SimpleNamespace
+
+    from dlh_airflow_common.core.names import safe_name
+    from dlh_airflow_common.core.stream import stream_dir
+    from dlh_airflow_common.operators.retry_state import RetryState
+    from dlh_airflow_common.rendering import tasks
+
+    weird = "a b:+c..d/é"
+    assert safe_name(weird) == "a_b__c__d__"
+    assert safe_name(weird, keep=".") == "a_b__c..d__"
+    ident = RunIdentity(weird, weird, 1).run_name(datetime(2026, 1, 1))
+    assert ident.startswith(f"run_20260101_000000_{safe_name(weird)}_{safe_name(weird)}_try1_")
+    ti = SimpleNamespace(dag_id="d", task_id="t", run_id=weird)
+    assert RetryState.for_task(Path("/r"), ti).path.name == safe_name(weird)
+    assert tasks._task_id(weird) == safe_name(weird, keep=".")
+    assert stream_dir(Path("/r"), weird, weird) == Path("/r/streams") / safe_name(weird) / safe_name(weird)
+
+
 def test_runtime_shadows_project_and_cleans_up(demo_project: Path, runtime_root: Path) -> None:
     rt = DbtRuntime.create(demo_project, runtime_root=runtime_root, identity=RunIdentity("d", "t", 1))
     assert rt.run_dir.parent == runtime_root / "runs"

@@ -256,6 +256,9 @@ def test_kill_deferred_task_cancels_the_detached_run(dags: Any, pg: PgServer) ->
     asyncio.run(trigger.on_kill())
     assert _no_dbt_processes(30)
     assert not [p for p in (RUNTIME / "runs").iterdir() if "kill_deferred" in p.name]
+    deadline = time.monotonic() + 10  # the supervisor removes the control dir as it exits
+    while Path(trigger.control_dir).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not Path(trigger.control_dir).exists()
 
 
@@ -291,14 +294,20 @@ def test_seed_examples_construct_unchanged() -> None:
     assert "schema_override" in DbtOperator.template_fields and "select" in DbtOperator.template_fields
 
 
-def test_provider_registers_links_and_connection_type() -> None:
+def test_provider_registers_links_and_no_unusable_connection_type() -> None:
+    """A ``dbt`` connection type had no profile mapping: registering it only offered a dead form."""
     from importlib.metadata import entry_points
+
+    from dlh_airflow_common.core.exceptions import DbtProfileException
+    from dlh_airflow_common.core.profiles import ConnectionInfo, adapter_for
 
     (ep,) = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("dlh_airflow")]
     info = ep.load()()
     assert "dlh_airflow_common.links.DbtDocsLink" in info["extra-links"]
     assert "dlh_airflow_common.links.DbtArtifactsLink" in info["extra-links"]
-    assert info["connection-types"][0]["hook-class-name"] == "dlh_airflow_common.hooks.dbt.DbtHook"
+    assert "connection-types" not in info and "hook-class-names" not in info
+    with pytest.raises(DbtProfileException, match="no dbt profile mapping"):
+        adapter_for(ConnectionInfo("x", "dbt"))
 
 
 def test_lineage_of_a_build_names_input_and_output_tables(dags: Any) -> None:

@@ -1,8 +1,9 @@
-"""Smoke test: a real Airflow scheduler + dag-processor + triggerer + api-server (LocalExecutor, metadata
-DB on the suite's PostgreSQL) runs one deferrable DbtOperator to success.
+"""A real Airflow scheduler + dag-processor + triggerer + api-server (LocalExecutor, metadata DB on the
+suite's PostgreSQL), started once for this module: it runs a deferrable DbtOperator to success, and
+kills running dbt tasks (sync and deferred) the way a user does, by marking them failed.
 
 Everything is started and stopped here, in child processes with their own AIRFLOW_HOME, so the test
-process's Airflow configuration is untouched. The DAG is tests/smoke_dags/smoke_deferrable_dbt.py.
+process's Airflow configuration is untouched. The DAGs are in tests/smoke_dags/.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +27,13 @@ import pytest
 
 from dlh_airflow_common._compat import airflow_at_least
 from dlh_airflow_common.core import ConnectionInfo, DbtCommand, DbtInvoker, ProfileConfig
-from tests.conftest import EXAMPLES, REPO
+from tests.conftest import CANARY, EXAMPLES, REPO
 from tests.pgserver import PgServer, free_port
 from tests.processes import dbt_processes, no_dbt_processes, pids_with_env
 
 DAG_ID = "smoke_deferrable_dbt"
 TASK_ID = "dbt_build"
+KILL_DAG_ID = "smoke_kill_dbt"
 SMOKE_DAGS = REPO / "tests" / "smoke_dags"
 META_DB = "airflow_meta"
 
@@ -147,9 +150,51 @@ def _wait(what: str, predicate: object, stack: AirflowStack, timeout: float, int
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{stack.report()}")
 
 
-@pytest.fixture
-def smoke_env(pg: PgServer, tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, Path]]:
-    """Child-process environment: fresh AIRFLOW_HOME, metadata DB on the test PostgreSQL."""
+@dataclass
+class Smoke:
+    """The running stack and what the tests need from it."""
+
+    stack: AirflowStack
+    project: Path
+    runtime: Path
+    home: Path
+    pg: PgServer
+    duckdb: Path
+    phases: list[str]
+
+    def meta(self, sql: str, *params: object) -> list[tuple[object, ...]]:
+        import psycopg2
+
+        conn = psycopg2.connect(self.pg.dsn(META_DB))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall()) if cur.description else []
+        finally:
+            conn.close()
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A call to the public REST API, as the (all-admins) simple auth manager's user."""
+        base = f"http://127.0.0.1:{self.stack.api_port}"
+        with urllib.request.urlopen(f"{base}/auth/token", timeout=30) as resp:
+            token = json.load(resp)["access_token"]
+        req = urllib.request.Request(f"{base}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.load(resp)
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str) -> str:
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob("attempt=1.log*")))
+
+
+@pytest.fixture(scope="module")
+def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
+    """The stack, started once: fresh AIRFLOW_HOME, metadata DB on the test PostgreSQL, DAGs parsed."""
+    tmp_path = tmp_path_factory.mktemp("smoke")
     pg.execute(f"drop database if exists {META_DB} with (force)")
     pg.execute(f"create database {META_DB}")
     home = tmp_path / "airflow"
@@ -174,6 +219,7 @@ def smoke_env(pg: PgServer, tmp_path: Path) -> Iterator[tuple[dict[str, str], Pa
         "AIRFLOW__CORE__DAGS_FOLDER": str(SMOKE_DAGS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(16),
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
@@ -187,16 +233,16 @@ def smoke_env(pg: PgServer, tmp_path: Path) -> Iterator[tuple[dict[str, str], Pa
         "DLH_DBT_SHARED_RUNTIME_ROOT": "true",
         "DLH_SMOKE_PROJECT_DIR": str(project),
         "AIRFLOW_CONN_SMOKE_DUCK": json.dumps({"conn_type": "duckdb", "host": str(tmp_path / "smoke.duckdb")}),
+        "AIRFLOW_CONN_SMOKE_PG": json.dumps({
+            "conn_type": "postgres", "host": "127.0.0.1", "port": pg.port, "login": "dbt_user",
+            "password": CANARY, "schema": "warehouse", "extra": {"schema": "smoke"}}),
     })
-    yield env, project, runtime
-    pg.execute(f"drop database if exists {META_DB} with (force)")
+    stack = AirflowStack(home, env, api_port)
+    smoke = Smoke(stack, project, runtime, home, pg, tmp_path / "smoke.duckdb", [])
+    started = time.monotonic()
 
-
-def test_scheduler_triggerer_run_deferrable_dbt(pg: PgServer, smoke_env: tuple[dict[str, str], Path, Path],
-                                                tmp_path: Path) -> None:
-    env, project, runtime = smoke_env
-    stack = AirflowStack(Path(env["AIRFLOW_HOME"]),
-                         env, int(env["AIRFLOW__API__BASE_URL"].rsplit(":", 1)[1]))
+    def phase(name: str) -> None:
+        smoke.phases.append(f"{name} {time.monotonic() - started:.1f}s")
 
     # `dbt deps` once, into the shared runtime root, while Airflow starts up.
     deps_error: list[BaseException] = []
@@ -210,91 +256,149 @@ def test_scheduler_triggerer_run_deferrable_dbt(pg: PgServer, smoke_env: tuple[d
 
     deps_thread = threading.Thread(target=deps, daemon=True)
     deps_thread.start()
-
-    def meta(sql: str, *params: object) -> list[tuple[object, ...]]:
-        import psycopg2
-
-        conn = psycopg2.connect(pg.dsn(META_DB))
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return list(cur.fetchall()) if cur.description else []
-        finally:
-            conn.close()
-
-    started = time.monotonic()
-    phases: list[str] = []
-
-    def phase(name: str) -> None:
-        phases.append(f"{name} {time.monotonic() - started:.1f}s")
-
     try:
         migrate = stack.cli("db", "migrate", timeout=300)
         assert migrate.returncode == 0, f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}"
-
         phase("migrated")
-        # Only the Task Execution API: workers need it; the CLI calls below go to the DB directly.
-        stack.start("api-server", "--apps", "execution", "--host", "127.0.0.1", "--port", str(stack.api_port),
-                    "--workers", "1")
+        # The core API too: the kill test marks tasks failed through it, as the UI does.
+        stack.start("api-server", "--apps", "core,execution", "--host", "127.0.0.1", "--port",
+                    str(stack.api_port), "--workers", "1")
         stack.start("scheduler", "--skip-serve-logs")
         stack.start("dag-processor")
         stack.start("triggerer", "--skip-serve-logs")
 
         def parsed() -> bool:
-            errors = meta("select filename, stacktrace from import_error")
+            errors = smoke.meta("select filename, stacktrace from import_error")
             if errors:
                 pytest.fail(f"DAG import errors: {errors}\n{stack.report()}")
-            return bool(meta("select 1 from serialized_dag where dag_id = %s", DAG_ID))
+            return len(smoke.meta("select 1 from serialized_dag where dag_id in (%s, %s)", DAG_ID,
+                                  KILL_DAG_ID)) == 2
 
-        _wait(f"{DAG_ID} to be parsed", parsed, stack, timeout=120)
+        _wait("the DAGs to be parsed", parsed, stack, timeout=120)
         phase("parsed")
         deps_thread.join(timeout=120)
         assert not deps_thread.is_alive(), "dbt deps did not finish"
         assert not deps_error, f"dbt deps failed: {deps_error[0]!r}"
-        # Each CLI call costs seconds of imports: unpause and trigger at once, while the api-server
-        # comes up (a run triggered on a paused DAG just waits queued until the unpause lands).
-        clis = [stack.cli_start(*args) for args in (("dags", "unpause", DAG_ID),
-                                                     ("dags", "trigger", DAG_ID, "-r", "smoke_run"))]
-        _wait("the api-server to be healthy", stack.api_healthy, stack, timeout=60)
+        # Each CLI call costs seconds of imports: unpause both DAGs at once, while the api-server comes up.
+        clis = [stack.cli_start("dags", "unpause", dag) for dag in (DAG_ID, KILL_DAG_ID)]
+        _wait("the api-server to be healthy", stack.api_healthy, stack, timeout=90)
         phase("api up")
         for proc in clis:
             out, _ = proc.communicate(timeout=120)
             assert proc.returncode == 0, f"{' '.join(map(str, proc.args))} failed:\n{out}"
-        phase("triggered")
-
-        def finished() -> object:
-            rows = meta("select state from dag_run where dag_id = %s and run_id = 'smoke_run'", DAG_ID)
-            return rows[0][0] if rows and rows[0][0] in ("success", "failed") else None
-
-        state = _wait("the DAG run to finish", finished, stack, timeout=240)
-        phase("finished")
-        assert state == "success", f"DAG run ended {state}\n{stack.report()}"
-        ti = meta("select state, try_number from task_instance where dag_id = %s and run_id = 'smoke_run' "
-                  "and task_id = %s", DAG_ID, TASK_ID)
-        assert ti and ti[0][0] == "success", f"task instance: {ti}\n{stack.report()}"
-
-        # Proof of deferral: the task log shows the deferral, and the triggerer's log for this task
-        # shows DbtExecutionTrigger relaying dbt's progress and firing the success event.
-        task_dir = stack.home / "logs" / f"dag_id={DAG_ID}" / "run_id=smoke_run" / f"task_id={TASK_ID}"
-        attempt_log = (task_dir / "attempt=1.log").read_text(errors="replace")
-        assert "Pausing task as DEFERRED" in attempt_log, f"the task never deferred\n{stack.report()}"
-        trigger_log = "\n".join(p.read_text(errors="replace") for p in task_dir.glob("attempt=1.log.trigger.*"))
-        if airflow_at_least("3.3"):  # Airflow 3.1's triggerer leaves the trigger's logger name out of its lines
-            assert "triggers.dbt.DbtExecutionTrigger" in trigger_log, f"no trigger log\n{stack.report()}"
-        assert "OK model.demo.customer_orders" in trigger_log, f"dbt progress not relayed\n{stack.report()}"
-        assert "Trigger fired event" in trigger_log and "'status': 'success'" in trigger_log, \
-            f"the triggerer did not fire the success event\n{stack.report()}"
-        # And dbt really built the warehouse.
-        import duckdb
-
-        with duckdb.connect(str(tmp_path / "smoke.duckdb"), read_only=True) as db:
-            built = db.execute("select table_name from information_schema.tables").fetchall()
-        assert ("customer_orders",) in built, built
-        # The detached dbt run and its supervisor are gone once the task is done, not at teardown.
-        assert no_dbt_processes(runtime, 30), dbt_processes(runtime)
+        phase("unpaused")
+        yield smoke
     finally:
         survivors = stack.stop()
         phase("stopped")
-        print("scheduler smoke phases:", ", ".join(phases))
-    assert not survivors, f"processes survived the test: {survivors}"
+        print("scheduler smoke phases:", ", ".join(smoke.phases))
+        pg.execute(f"drop database if exists {META_DB} with (force)")
+    assert not survivors, f"processes survived the stack: {survivors}"
+
+
+def _trigger(smoke: Smoke, dag_id: str, run_id: str) -> None:
+    smoke.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None})
+
+
+def test_scheduler_triggerer_run_deferrable_dbt(smoke: Smoke) -> None:
+    stack = smoke.stack
+    _trigger(smoke, DAG_ID, "smoke_run")
+
+    def finished() -> object:
+        rows = smoke.meta("select state from dag_run where dag_id = %s and run_id = 'smoke_run'", DAG_ID)
+        return rows[0][0] if rows and rows[0][0] in ("success", "failed") else None
+
+    state = _wait("the DAG run to finish", finished, stack, timeout=240)
+    smoke.phases.append("smoke run finished")
+    assert state == "success", f"DAG run ended {state}\n{stack.report()}"
+    ti = smoke.meta("select state, try_number from task_instance where dag_id = %s and run_id = 'smoke_run' "
+                    "and task_id = %s", DAG_ID, TASK_ID)
+    assert ti and ti[0][0] == "success", f"task instance: {ti}\n{stack.report()}"
+
+    # Proof of deferral: the task log shows the deferral, and the triggerer's log for this task
+    # shows DbtExecutionTrigger relaying dbt's progress and firing the success event.
+    task_dir = stack.home / "logs" / f"dag_id={DAG_ID}" / "run_id=smoke_run" / f"task_id={TASK_ID}"
+    attempt_log = (task_dir / "attempt=1.log").read_text(errors="replace")
+    assert "Pausing task as DEFERRED" in attempt_log, f"the task never deferred\n{stack.report()}"
+    trigger_log = "\n".join(p.read_text(errors="replace") for p in task_dir.glob("attempt=1.log.trigger.*"))
+    if airflow_at_least("3.3"):  # Airflow 3.1's triggerer leaves the trigger's logger name out of its lines
+        assert "triggers.dbt.DbtExecutionTrigger" in trigger_log, f"no trigger log\n{stack.report()}"
+    assert "OK model.demo.customer_orders" in trigger_log, f"dbt progress not relayed\n{stack.report()}"
+    assert "Trigger fired event" in trigger_log and "'status': 'success'" in trigger_log, \
+        f"the triggerer did not fire the success event\n{stack.report()}"
+    # And dbt really built the warehouse.
+    import duckdb
+
+    with duckdb.connect(str(smoke.duckdb), read_only=True) as db:
+        built = db.execute("select table_name from information_schema.tables").fetchall()
+    assert ("customer_orders",) in built, built
+    # The detached dbt run and its supervisor are gone once the task is done, not at teardown.
+    assert no_dbt_processes(smoke.runtime, 30), dbt_processes(smoke.runtime)
+
+
+def _dbt_pids(home: Path) -> dict[int, str]:
+    """This stack's dbt processes and detached supervisors, by pid, with their command lines."""
+    found = {}
+    for pid in pids_with_env(f"AIRFLOW_HOME={home}"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "dlh_airflow_common._dbt_entry" in cmd or "dlh_airflow_common.core.detached" in cmd:
+            found[pid] = cmd
+    return found
+
+
+def test_marking_running_dbt_tasks_failed_stops_dbt_and_leaves_nothing(smoke: Smoke) -> None:
+    """A user marks a sync and a deferred dbt task failed (REST API, as the UI does) mid-``pg_sleep``."""
+    if not airflow_at_least("3.3"):
+        pytest.skip("the triggerer calls a trigger's on_kill from Airflow 3.3 on")
+    stack, run_id, grace = smoke.stack, "kill_run", 10
+    sleeping = ("select query from pg_stat_activity where query like '%pg_sleep(60%' "
+                "and pid <> pg_backend_pid()")
+    _trigger(smoke, KILL_DAG_ID, run_id)
+
+    def both_sleeping() -> object:
+        queries = " ".join(str(r[0]) for r in smoke.pg.execute(sleeping))
+        states = dict(smoke.meta("select task_id, state from task_instance where dag_id = %s and run_id = %s",
+                                 KILL_DAG_ID, run_id))
+        return ("pg_sleep(600)" in queries and "pg_sleep(601)" in queries
+                and states == {"slow_sync": "running", "slow_deferred": "deferred"})
+
+    _wait("both dbt tasks to be in pg_sleep", both_sleeping, stack, timeout=240)
+    # What the kill must remove, seen first: two dbt processes and a supervisor, their two run dirs
+    # and the deferred run's control dir.
+    before = _dbt_pids(smoke.home)
+    assert len([c for c in before.values() if "_dbt_entry" in c]) == 2, before
+    assert len([c for c in before.values() if "core.detached" in c]) == 1, before
+    assert len([p for p in (smoke.runtime / "runs").iterdir() if KILL_DAG_ID in p.name]) == 2
+    assert len(list((smoke.runtime / "deferred").iterdir())) == 1
+
+    killed = time.monotonic()
+    for task_id in ("slow_sync", "slow_deferred"):
+        smoke.api("PATCH", f"/api/v2/dags/{KILL_DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}",
+                  {"new_state": "failed"})
+    _wait("dbt and its supervisor to exit", lambda: not _dbt_pids(smoke.home), stack, timeout=grace + 30,
+          interval=0.2)
+    gone_after = time.monotonic() - killed
+    _wait("the sleeping queries to end", lambda: not smoke.pg.execute(sleeping), stack,
+          timeout=10, interval=0.2)
+    smoke.phases.append(f"dbt gone {gone_after:.1f}s after the kill")
+    # The task process notices the new state at its next heartbeat (a few seconds), then dbt gets SIGINT.
+    assert gone_after < grace + 10, f"dbt took {gone_after:.1f}s to go\n{stack.report()}"
+    _wait("run and control dirs to be removed",
+          lambda: not [p for p in (smoke.runtime / "runs").iterdir() if KILL_DAG_ID in p.name]
+          and not list((smoke.runtime / "deferred").iterdir()), stack, timeout=20)
+
+    sync_log = smoke.task_log(KILL_DAG_ID, run_id, "slow_sync")
+    deferred_log = smoke.task_log(KILL_DAG_ID, run_id, "slow_deferred")
+    # The sync task's log ends with the cancel and the partial summary (what had run). The deferred
+    # one shows the progress up to the kill and the cancel request; the triggerer repeats its cancel
+    # every second, often too soon for dbt's summary (the supervisor still writes it, unread).
+    assert "Cancelling dbt" in sync_log and "dbt summary: 4 nodes" in sync_log, \
+        f"{sync_log[-4000:]}\n{stack.report()}"
+    assert "OK model.demo.stg_customers" in deferred_log, deferred_log[-4000:]
+    assert "asking the dbt run to cancel" in deferred_log, deferred_log[-4000:]
+    states = dict(smoke.meta("select task_id, state from task_instance where dag_id = %s and run_id = %s",
+                             KILL_DAG_ID, run_id))
+    assert states == {"slow_sync": "failed", "slow_deferred": "failed"}, states

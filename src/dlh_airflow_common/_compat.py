@@ -18,6 +18,7 @@ except ImportError:  # Airflow 3.1
 
 try:
     from airflow.sdk.exceptions import (
+        AirflowException,
         AirflowFailException,
         AirflowNotFoundException,
         AirflowRescheduleException,
@@ -25,6 +26,7 @@ try:
     )
 except ImportError:  # Airflow 3.1
     from airflow.exceptions import (  # type: ignore[attr-defined,no-redef]
+        AirflowException,
         AirflowFailException,
         AirflowNotFoundException,
         AirflowRescheduleException,
@@ -33,9 +35,9 @@ except ImportError:  # Airflow 3.1
 
 MINIMUM_AIRFLOW = "3.1"
 
-__all__ = ["AIRFLOW_VERSION", "MINIMUM_AIRFLOW", "AirflowNotFoundException", "AirflowRescheduleException",
-           "AirflowSkipException", "AirflowVersionError", "airflow_at_least", "conf", "require_airflow",
-           "stats"]
+__all__ = ["AIRFLOW_VERSION", "MINIMUM_AIRFLOW", "AirflowException", "AirflowNotFoundException",
+           "AirflowRescheduleException", "AirflowSkipException", "AirflowVersionError", "airflow_at_least",
+           "conf", "require_airflow", "stats"]
 
 
 class AirflowVersionError(AirflowFailException):

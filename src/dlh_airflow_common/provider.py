@@ -1,4 +1,7 @@
-"""Airflow provider entry point: lets Airflow discover our connection types and extra links."""
+"""Airflow provider entry point: lets Airflow discover our extra links, trigger, operator and hook.
+
+No connection type of our own: DbtHook builds profiles from the warehouse's own connection types.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,6 @@ def get_provider_info() -> dict[str, Any]:
         "name": "dlh dbt Core",
         "description": "Run dbt Core from Apache Airflow in production.",
         "versions": [__version__],
-        "hook-class-names": ["dlh_airflow_common.hooks.dbt.DbtHook"],
-        "connection-types": [
-            {"connection-type": "dbt", "hook-class-name": "dlh_airflow_common.hooks.dbt.DbtHook"},
-        ],
         "extra-links": [
             "dlh_airflow_common.links.DbtDocsLink",
             "dlh_airflow_common.links.DbtArtifactsLink",

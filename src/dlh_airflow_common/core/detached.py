@@ -9,6 +9,8 @@ everything a watcher needs into a *control dir* under the runtime root:
         status.json     state, host, pid, heartbeat, and at the end the result or the error
         progress.log    the progress lines and summary, for the trigger to relay to the task log
         cancel          created by a watcher to ask for cancellation (SIGINT, grace, SIGKILL)
+        abandoned       created with ``cancel`` when nobody will resume the task (a killed task):
+                        the supervisor then removes this control dir itself when dbt has stopped
         artifacts/      the run's manifest/run_results/sources/catalog, kept for the resuming task
 
 A watcher on another host sees all of it only when the runtime root is a shared volume.
@@ -36,6 +38,7 @@ from dlh_airflow_common.core.exceptions import DbtException
 from dlh_airflow_common.core.invoke import DbtCommand, DbtInvoker, DbtTaskResult
 from dlh_airflow_common.core.profile_setup import ProfileConfig
 from dlh_airflow_common.core.profiles import SECRET_PREFIX, RenderedProfile
+from dlh_airflow_common.core.retention import ActiveMark
 from dlh_airflow_common.core.runners import SubprocessRunner
 from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.core.stream import NODE_RESULTS, NodeResultWriter
@@ -68,8 +71,20 @@ class ControlDir:
         return self.path / "cancel"
 
     @property
+    def abandoned_flag(self) -> Path:
+        return self.path / "abandoned"
+
+    @property
     def artifacts(self) -> Path:
         return self.path / "artifacts"
+
+    def status_stamp(self) -> tuple[int, int, int] | None:
+        """Changes whenever the status is rewritten (a new file each time): a cheap test for news."""
+        try:
+            st = self.status.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     def read_status(self) -> dict[str, Any] | None:
         try:
@@ -91,6 +106,22 @@ class ControlDir:
 
     def request_cancel(self) -> None:
         self.cancel_flag.touch()
+
+    def abandon(self) -> None:
+        """Cancel a run whose task nobody will resume; returns at once (the supervisor cleans up).
+
+        The supervisor removes the dir once dbt has stopped; if it had already finished, or is gone,
+        nobody else will, so the dir is removed here. Flag before status read, status write before
+        flag check (supervisor): one of the two always sees the other.
+        """
+        try:
+            self.abandoned_flag.touch()
+            self.request_cancel()
+        except OSError:
+            return  # already removed
+        status = self.read_status()
+        if status is None or status.get("state") in TERMINAL or self.supervisor_gone(status):
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def progress_tail(self, lines: int = 30) -> str:
         try:
@@ -157,10 +188,7 @@ def launch(spec: DetachedSpec, control_root: Path, secret_env: Mapping[str, str]
         json.dump(asdict(spec), fh)
     ctl.write_status(state="starting", host=socket.gethostname(), heartbeat=time.time(), launched=time.time())
     env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
-    env.update(secret_env)
-    # Airflow 3 task processes carry a deliberately unusable metadata-DB URL; importing Airflow with it
-    # fails unless the process is marked as a worker re-exec, which is what this supervisor is.
-    env["_AIRFLOW__REEXECUTED_PROCESS"] = "1"
+    env.update(secret_env)  # nothing here imports Airflow: its worker settings need not be valid
     log_fh = ctl.progress.open("ab")
     try:
         proc = subprocess.Popen(
@@ -175,6 +203,7 @@ def launch(spec: DetachedSpec, control_root: Path, secret_env: Mapping[str, str]
 
 
 def _supervise(ctl: ControlDir) -> int:
+    _alive = ActiveMark(ctl.path)  # held until this process exits: retention leaves the dir alone
     spec = DetachedSpec(**json.loads(ctl.spec.read_text()))
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
     for noisy in ("airflow", "sqlalchemy"):
@@ -231,6 +260,8 @@ def _supervise(ctl: ControlDir) -> int:
         return 1
     finally:
         stop.set()
+        if ctl.abandoned_flag.exists():  # a killed task: no one will resume it to read this dir
+            shutil.rmtree(ctl.path, ignore_errors=True)
 
 
 def copy_artifacts(target: Path, dest: Path) -> None:

@@ -40,8 +40,6 @@ class EventCollector:
         self.errors: list[str] = []
         self.exception_classes: list[str] = []  # dbt's exception, when our entry or dbtRunner saw one
         self.exception_message = ""
-        self.node_results: list[dict[str, Any]] = []
-        self.event_count = 0
 
     def clean(self, text: str) -> str:
         """Text fit to show: secrets redacted, paths the user's own."""
@@ -59,7 +57,6 @@ class EventCollector:
             self._remember(line)
 
     def feed(self, event: dict[str, Any]) -> None:
-        self.event_count += 1
         info = event.get("info") or {}
         data = event.get("data") or {}
         name = info.get("name", "")
@@ -85,7 +82,6 @@ class EventCollector:
             word = _STATUS_WORDS.get(status, status.upper() or "DONE")
             seconds = float(data.get("execution_time") or 0.0)
             line = f"[{data['index']}/{total}] {word} {node['unique_id']} {seconds:.1f}s"
-            self.node_results.append({"unique_id": node["unique_id"], "status": word})
             self._progress(line)
 
     def output_tail(self, lines: int = 25) -> str:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-try:  # Airflow treats AirflowException specially (task failure, not crash); use it when present.
-    from airflow.sdk.exceptions import AirflowException as _Base
-except ImportError:  # pragma: no cover - exercised only without Airflow installed
-    try:
-        from airflow.exceptions import AirflowException as _Base  # type: ignore[attr-defined]
-    except ImportError:
-        _Base = Exception  # type: ignore[misc,assignment]
 
+class DbtException(Exception):
+    """Base of every dbt failure; carries what an operator needs to triage without digging.
 
-class DbtException(_Base):
-    """Base of every dbt failure; carries what an operator needs to triage without digging."""
+    Plain Python: the core never imports Airflow. The operator layer raises these to Airflow as
+    ``AirflowException`` subclasses (``airflow_errors.py``).
+    """
 
     retryable: bool = False
 
@@ -110,7 +106,9 @@ def exception_from_dict(data: dict[str, Any]) -> DbtException:
     """Rebuild an exception serialised by :meth:`DbtException.to_dict`."""
     from dlh_airflow_common.core.artifacts import RunSummary
 
-    classes = {cls.__name__: cls for cls in _all_subclasses(DbtException)}
+    classes: dict[str, type[DbtException]] = {}
+    for known in _all_subclasses(DbtException):  # a class before its subclasses of the same name
+        classes.setdefault(known.__name__, known)
     cls = classes.get(str(data.get("type")), DbtException)
     summary = RunSummary(**data["summary"]) if isinstance(data.get("summary"), dict) else None
     kwargs: dict[str, Any] = {

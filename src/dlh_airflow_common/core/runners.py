@@ -64,7 +64,6 @@ class RunnerResult:
     return_code: int
     cancelled: bool = False
     timed_out: bool = False
-    pid: int | None = None
 
 
 class Runner(Protocol):
@@ -180,8 +179,7 @@ class SubprocessRunner:
                 self._terminate(proc)
             with self._lock:
                 self._proc = None
-        return RunnerResult(rc, cancelled=self._cancelled.is_set(), timed_out=timed_out.is_set(),
-                            pid=proc.pid)
+        return RunnerResult(rc, cancelled=self._cancelled.is_set(), timed_out=timed_out.is_set())
 
     def cancel(self) -> None:
         """SIGINT to dbt's process group, wait ``cancel_grace`` seconds, then SIGKILL."""

@@ -33,6 +33,8 @@ from typing import Any
 import yaml
 
 from dlh_airflow_common.core.exceptions import DbtProjectException
+from dlh_airflow_common.core.names import safe_name
+from dlh_airflow_common.core.retention import ActiveMark
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +65,10 @@ class RunIdentity:
         suffix = secrets.token_hex(3)
         if self.dag_id and self.task_id:
             return (
-                f"run_{stamp}_{_safe(self.dag_id)}_{_safe(self.task_id)}_try{self.try_number or 1}_{suffix}"
+                f"run_{stamp}_{safe_name(self.dag_id)}_{safe_name(self.task_id)}"
+                f"_try{self.try_number or 1}_{suffix}"
             )
         return f"run_{stamp}_{suffix}"
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
 
 
 def validate_project_dir(project_dir: str | os.PathLike[str]) -> Path:
@@ -155,7 +154,7 @@ class ProjectCache:
     @classmethod
     def for_project(cls, runtime_root: Path, project_dir: Path) -> ProjectCache:
         digest = hashlib.sha256(str(project_dir).encode()).hexdigest()[:12]
-        return cls(runtime_root / "projects" / f"{_safe(project_dir.name)}-{digest}")
+        return cls(runtime_root / "projects" / f"{safe_name(project_dir.name)}-{digest}")
 
     @property
     def packages_link(self) -> Path:
@@ -222,6 +221,7 @@ class DbtRuntime:
     _parse_key: str = field(default="default", repr=False)
     _parse_target: Path | None = field(default=None, repr=False)
     _layout: _ShadowLayout | None = field(default=None, repr=False)
+    _active: ActiveMark | None = field(default=None, repr=False)  # retention skips a live run's dir
     _shadow_pattern: re.Pattern[str] | None = field(default=None, repr=False)
 
     @property
@@ -252,6 +252,7 @@ class DbtRuntime:
         cache = ProjectCache.for_project(root, project)
         run_dir = root / "runs" / (identity or RunIdentity()).run_name()
         run_dir.mkdir(parents=True)
+        active = ActiveMark(run_dir)
         layout = _ShadowLayout(project, install_path, cache)
         if for_deps:
             # dbt deps writes the packages dir and lock file: give it a private shadow of its own.
@@ -260,6 +261,7 @@ class DbtRuntime:
             shadow = layout.shared()
         runtime = cls(project, run_dir, cache, shadow, install_path, keep_target_artifacts)
         runtime._layout = layout
+        runtime._active = active
         runtime.target_dir.mkdir()
         runtime.log_dir.mkdir()
         return runtime
@@ -323,7 +325,9 @@ class DbtRuntime:
         return self._shadow_pattern.sub(lambda m: top, text)
 
     def cleanup(self) -> None:
-        """Remove what the run wrote; keep target and logs when asked to."""
+        """Remove what the run wrote; keep target and logs when asked to (until retention prunes them)."""
+        if self._active is not None:
+            self._active.release()
         if not self.run_dir.exists():
             return
         if self.keep_target_artifacts:

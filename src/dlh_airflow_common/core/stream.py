@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from dlh_airflow_common.core.names import safe_name
 
 NODE_RESULTS = "nodes.jsonl"
 # Statuses that mean the node is done and fine; a warn test is fine but reported as a warning.
@@ -26,10 +27,7 @@ GOOD = {"success", "pass", "warn"}
 
 def stream_dir(runtime_root: Path, dag_id: str, run_id: str) -> Path:
     """Where the producer of one DAG run keeps its control dir: found from (dag id, run id) alone."""
-    def safe(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_-]", "_", text)
-
-    return runtime_root / "streams" / safe(dag_id) / safe(run_id)
+    return runtime_root / "streams" / safe_name(dag_id) / safe_name(run_id)
 
 
 def node_result(event: dict[str, Any]) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from dlh_airflow_common._compat import AirflowNotFoundException
+from dlh_airflow_common.airflow_errors import raised_to_airflow
 from dlh_airflow_common.core.artifacts import load_catalog, load_manifest, load_run_results, load_sources
 from dlh_airflow_common.core.exceptions import DbtProfileException
 from dlh_airflow_common.core.invoke import ArtifactsCallback, DbtCommand, DbtInvoker, DbtTaskResult
@@ -26,9 +27,6 @@ log = logging.getLogger(__name__)
 class DbtHook(BaseHook):
     """Run dbt Core commands for one project with a profile built from an Airflow connection."""
 
-    conn_name_attr = "conn_id"
-    default_conn_name = "dbt_default"
-    conn_type = "dbt"
     hook_name = "dbt Core"
 
     def __init__(
@@ -133,6 +131,7 @@ class DbtHook(BaseHook):
         return SubprocessRunner(self.venv_path, self.dbt_executable, cancel_grace=self.cancel_grace)
 
     # -- running -------------------------------------------------------------------------------
+    @raised_to_airflow()
     def run_dbt_task(
         self,
         command: str,

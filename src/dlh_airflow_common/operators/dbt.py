@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from dlh_airflow_common._compat import AirflowSkipException
+from dlh_airflow_common.airflow_errors import raised_to_airflow
 from dlh_airflow_common.core.detached import ControlDir, copy_artifacts
 from dlh_airflow_common.core.exceptions import DbtException
 from dlh_airflow_common.core.invoke import DbtCommand, DbtTaskResult
+from dlh_airflow_common.core.retention import maybe_prune
 from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.lineage import emit_node_events
@@ -91,6 +93,8 @@ class DbtOperator(BaseOperator):
         in_process: bool = False,
         cancel_grace: float = 30.0,
         extra_args: Sequence[str] | str = (),
+        retention_max_age: float | timedelta | None = None,
+        retention_keep: int | None = None,
         dbt_unique_id: str | None = None,
         only_nodes: Sequence[str] | str | None = None,
         stream_nodes: bool = False,
@@ -147,6 +151,10 @@ class DbtOperator(BaseOperator):
         self.cancel_grace = cancel_grace
         # A string is a template rendered at run time (a list with render_template_as_native_obj).
         self.extra_args: Sequence[str] | str = extra_args if isinstance(extra_args, str) else list(extra_args)
+        # What old run dirs, retry state and control dirs to keep (see core/retention.py).
+        age = retention_max_age
+        self.retention_max_age = age.total_seconds() if isinstance(age, timedelta) else age
+        self.retention_keep = retention_keep
         # The dbt node this task runs (rendered node tasks; its "dbt Docs" link opens that node), and the
         # nodes a run chose at run time (templated): a node task whose node is not among them skips.
         self.dbt_unique_id = dbt_unique_id
@@ -211,6 +219,7 @@ class DbtOperator(BaseOperator):
                         (self.docs_location, self.docs_conn_id) if self.publish_docs else None)
 
     # -- execution -----------------------------------------------------------------------------
+    @raised_to_airflow()
     def execute(self, context: Context) -> dict[str, Any]:
         self._skip_unless_chosen()
         if self.stream_from and int(context["ti"].try_number or 1) == 1:
@@ -219,6 +228,7 @@ class DbtOperator(BaseOperator):
 
     def _run(self, context: Context) -> dict[str, Any]:
         started = time.time()
+        maybe_prune(self._root(), settings.retention(self.retention_max_age, self.retention_keep))
         plan = self._plan(context)
         if self.deferrable or self.stream_nodes:
             self._defer(context, plan, started)
@@ -279,6 +289,7 @@ class DbtOperator(BaseOperator):
             method_name="execute_complete",
         )
 
+    @raised_to_airflow()
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: same results, errors and metrics as a synchronous run."""
         if "outcome" in event:  # a node task of the streamed mode

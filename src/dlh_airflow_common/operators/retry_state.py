@@ -8,7 +8,6 @@ A host without that state (another worker, no shared volume) runs the full comma
 from __future__ import annotations
 
 import logging
-import re
 import shlex
 import shutil
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dlh_airflow_common.core.detached import copy_artifacts
+from dlh_airflow_common.core.names import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ class RetryState:
 
     @classmethod
     def for_task(cls, root: Path, ti: Any) -> RetryState:
-        run = re.sub(r"[^A-Za-z0-9_-]", "_", str(ti.run_id))
-        return cls(root / "retry_state" / ti.dag_id / ti.task_id / run)
+        return cls(root / "retry_state" / ti.dag_id / ti.task_id / safe_name(str(ti.run_id)))
 
     @staticmethod
     def resumable(command: str) -> bool:

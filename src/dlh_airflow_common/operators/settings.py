@@ -7,10 +7,13 @@ from pathlib import Path
 
 from dlh_airflow_common._compat import conf
 from dlh_airflow_common.core.exceptions import DbtException, DbtProjectException
+from dlh_airflow_common.core.retention import Retention
 from dlh_airflow_common.core.runtime import default_runtime_root
 
 SHARED_ROOT_ENV = "DLH_DBT_SHARED_RUNTIME_ROOT"
 PROJECT_DIR_ENV = "DLH_DBT_PROJECT_DIR"
+RETENTION_HOURS_ENV = "DLH_DBT_RETENTION_MAX_AGE_HOURS"
+RETENTION_KEEP_ENV = "DLH_DBT_RETENTION_KEEP"
 
 
 def default_deferrable() -> bool:
@@ -27,6 +30,19 @@ def shared_root_declared() -> bool:
 
 def runtime_root(given: str | None) -> Path:
     return Path(given) if given else default_runtime_root()
+
+
+def retention(max_age: float | None, keep: int | None) -> Retention:
+    """The task's argument, else ``$DLH_DBT_RETENTION_*``, else ``[dlh_dbt] retention_*``, else defaults."""
+    default = Retention()
+    if max_age is None:
+        hours = os.environ.get(RETENTION_HOURS_ENV) or conf.get("dlh_dbt", "retention_max_age_hours",
+                                                                 fallback=None)
+        max_age = float(hours) * 3600 if hours else default.max_age
+    if keep is None:
+        count = os.environ.get(RETENTION_KEEP_ENV) or conf.get("dlh_dbt", "retention_keep", fallback=None)
+        keep = int(count) if count else default.keep
+    return Retention(max_age=max_age, keep=keep)
 
 
 def project_dir(task_id: str, given: str | None) -> str:

@@ -10,13 +10,13 @@ changes these internals fails loudly.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from dlh_airflow_common.core.names import safe_name
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.rendering.graph import DbtGraph, GraphNode, Layer
 
@@ -77,7 +77,7 @@ def task_ids(graph: DbtGraph) -> dict[str, str]:
 
 
 def _task_id(text: str) -> str:
-    text = re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+    text = safe_name(text, keep=".")
     if len(text) <= MAX_TASK_ID:
         return text
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]

@@ -2,22 +2,25 @@
 
 It reads only that run's own status file (never a shared target dir), relays progress lines to the
 task log, enforces the task's timeout by asking the run to cancel, and cancels the run when a user
-kills the deferred task. It needs the runtime root to be visible from the triggerer (a shared volume,
-or one host); when it is not, it says so instead of waiting forever.
+kills the deferred task. It looks at the status file's stamp every ``STATUS_POLL_SECONDS`` (one
+``stat``), so the task resumes within about a second of dbt ending; the other checks run when the
+status changes or every ``check_interval`` seconds. It needs the runtime root to be visible from the
+triggerer (a shared volume, or one host); when it is not, it says so instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from dlh_airflow_common.core.detached import TERMINAL, ControlDir
+
+STATUS_POLL_SECONDS = 0.5
 
 
 class DbtExecutionTrigger(BaseTrigger):
@@ -64,7 +67,14 @@ class DbtExecutionTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         started = time.monotonic()
         ctl = self._ctl
+        seen: tuple[int, int, int] | None = None
+        next_check = 0.0
         while True:
+            stamp = await asyncio.to_thread(ctl.status_stamp)
+            if stamp == seen and time.monotonic() < next_check:
+                await asyncio.sleep(STATUS_POLL_SECONDS)
+                continue
+            seen, next_check = stamp, time.monotonic() + self.check_interval
             status = await asyncio.to_thread(ctl.read_status)
             await self._relay_progress()
             if status is None:
@@ -98,23 +108,21 @@ class DbtExecutionTrigger(BaseTrigger):
             if self.timeout_at is not None and time.time() > self.timeout_at:
                 yield await self._timed_out()
                 return
-            await asyncio.sleep(self.check_interval)
+            await asyncio.sleep(STATUS_POLL_SECONDS)
 
     async def _relay_progress(self) -> None:
         def read() -> list[str]:
             try:
                 with self._ctl.progress.open("rb") as fh:
                     fh.seek(self._progress_offset)
-                    data = fh.read()
+                    lines = _whole_lines(fh)
+                    self._progress_offset = fh.tell()
+                    return lines
             except OSError:
                 return []
-            end = data.rfind(b"\n") + 1  # only whole lines
-            self._progress_offset += end
-            return data[:end].decode(errors="replace").splitlines()
 
         for line in await asyncio.to_thread(read):
-            if line.strip():
-                self.log.info("%s", line)
+            self.log.info("%s", line)
 
     def _error(self, message: str) -> TriggerEvent:
         tail = self._ctl.progress_tail()
@@ -151,8 +159,50 @@ class DbtExecutionTrigger(BaseTrigger):
         return self._event(status, state="timeout")
 
     async def on_kill(self) -> None:
-        """The user killed the deferred task: stop dbt too, wherever it runs."""
-        self.log.warning("Deferred dbt task killed; cancelling the dbt run")
-        await self._cancel_and_wait()
-        # Nobody resumes a killed task: remove its control dir here (the run removed its own dirs).
-        await asyncio.to_thread(shutil.rmtree, self.control_dir, True)
+        """The user killed the deferred task: stop dbt too, wherever it runs, within the triggerer's limit.
+
+        The triggerer waits at most ``[triggerer] on_kill_timeout`` (30 s) for this, and in Airflow 3.3
+        re-sends its cancel at every sync (about a second) until this returns, so this asks for the
+        cancel first, then relays dbt's last lines (the partial summary) only for as long as it is
+        let. The supervisor does the rest whatever happens: SIGINT, ``cancel_grace``, SIGKILL, its run
+        dir, and this control dir, as no task will resume.
+        """
+        self.log.warning("Deferred dbt task killed; asking the dbt run to cancel")
+        ctl = self._ctl
+        try:  # opened first: the supervisor removes the dir (and the file's name) as it exits
+            progress = await asyncio.to_thread(ctl.progress.open, "rb")
+        except OSError:
+            progress = None
+        try:
+            if progress is not None:
+                progress.seek(self._progress_offset)
+            await asyncio.to_thread(ctl.abandon)
+            deadline = time.monotonic() + min(self.cancel_grace + 5, _on_kill_budget())
+            while True:
+                status = await asyncio.to_thread(ctl.read_status)
+                for line in await asyncio.to_thread(_whole_lines, progress):
+                    self.log.info("%s", line)
+                if status is None or status.get("state") in TERMINAL or time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(STATUS_POLL_SECONDS)
+        finally:
+            if progress is not None:
+                progress.close()
+
+
+def _on_kill_budget() -> float:
+    """Seconds ``on_kill`` may spend: the triggerer's own limit for it, less a margin."""
+    from dlh_airflow_common._compat import conf
+
+    return max(0.0, conf.getfloat("triggerer", "on_kill_timeout", fallback=30) - 5)
+
+
+def _whole_lines(fh: BinaryIO | None) -> list[str]:
+    """The complete new lines of an open file (a partial last line waits for the next read)."""
+    if fh is None:
+        return []
+    start = fh.tell()
+    data = fh.read()
+    end = data.rfind(b"\n") + 1
+    fh.seek(start + end)
+    return [line for line in data[:end].decode(errors="replace").splitlines() if line.strip()]

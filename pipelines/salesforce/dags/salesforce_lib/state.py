@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+from dlh_airflow_common.core.retention import Retention, maybe_prune
 from dlh_airflow_common.core.runtime import default_runtime_root
 
 ARTIFACTS = ("manifest.json", "run_results.json", "sources.json")
@@ -33,6 +34,8 @@ def selection(run_id: str) -> dict[str, object]:
     """What the build runs: only what is downstream of fresher sources, or all without state."""
     target = run_target(run_id)
     target.mkdir(parents=True, exist_ok=True)
+    # Failed runs' dirs are never promoted: prune them (also when the state dir is not in the runtime root).
+    maybe_prune(state_root(), Retention(), kinds=("runs/*",))
     previous = last_success()
     if previous is None:
         return {"target_path": str(target), "select": [], "extra_args": [], "mode": "full build (no state)"}
