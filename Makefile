@@ -32,3 +32,4 @@ demo-core: install
 bench: install
 	$(UV) run --frozen python bench/partial_parse.py
 	$(UV) run --frozen python bench/operator_build.py
+	$(UV) run --frozen python bench/per_node.py
