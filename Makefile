@@ -44,3 +44,4 @@ bench: install
 	$(UV) run --frozen python bench/partial_parse.py
 	$(UV) run --frozen python bench/operator_build.py
 	$(UV) run --frozen python bench/render.py
+	$(UV) run --frozen python bench/per_node.py

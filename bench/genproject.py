@@ -25,14 +25,14 @@ def _model_sql(index: int, per_layer: int, rng: random.Random) -> str:
     return "\nunion all\n".join(selects) + "\n"
 
 
-def _schema(layer_models: list[str], tests_per_layer: int) -> dict[str, object]:
+def _schema(layer_models: list[str], tests_per_layer: int, unique: bool = True) -> dict[str, object]:
     """A schema.yml documenting every model of a layer and testing a few of them."""
     models: list[dict[str, object]] = []
     for position, name in enumerate(layer_models):
         entry: dict[str, object] = {"name": name, "description": f"Benchmark model {name}."}
         if position < tests_per_layer:
             entry["columns"] = [
-                {"name": "id", "data_tests": ["not_null", "unique"]},
+                {"name": "id", "data_tests": ["not_null", "unique"] if unique else ["not_null"]},
                 {"name": "label", "data_tests": ["not_null"]},
             ]
         models.append(entry)
@@ -40,8 +40,11 @@ def _schema(layer_models: list[str], tests_per_layer: int) -> dict[str, object]:
 
 
 def generate_project(dest: Path, models: int = 500, layers: int = 10, tests_per_layer: int = 3,
-                     seed: int = 42) -> Path:
-    """Write a dbt project with ``models`` models in ``layers`` folders under ``dest``; return it."""
+                     seed: int = 42, unique_tests: bool = True) -> Path:
+    """Write a dbt project with ``models`` models in ``layers`` folders under ``dest``; return it.
+
+    ``unique_tests=False`` for projects that are built: a union of parents repeats ids, so ``unique`` fails.
+    """
     rng = random.Random(seed)
     per_layer = max(1, models // layers)
     dest.mkdir(parents=True, exist_ok=True)
@@ -60,7 +63,8 @@ def generate_project(dest: Path, models: int = 500, layers: int = 10, tests_per_
         names = [model_name(i) for i in range(layer_start, min(models, layer_start + per_layer))]
         for index, name in enumerate(names, start=layer_start):
             (folder / f"{name}.sql").write_text(_model_sql(index, per_layer, rng))
-        (folder / "schema.yml").write_text(yaml.safe_dump(_schema(names, tests_per_layer), sort_keys=False))
+        schema = _schema(names, tests_per_layer, unique_tests)
+        (folder / "schema.yml").write_text(yaml.safe_dump(schema, sort_keys=False))
     return dest
 
 

@@ -1,0 +1,33 @@
+"""DAGs for bench/per_node.py, described by the JSON file in ``DLH_BENCH_SPEC`` (none without it).
+
+Each entry: dag_id, project_dir, conn_id, shape, execution, manifest_path. The manifest comes from the
+bench's bare ``dbt build`` of the same project, so parsing this file starts no dbt process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG
+
+from dlh_airflow_common.rendering import DbtProject, dbt_dag
+
+SPEC = os.environ.get("DLH_BENCH_SPEC")
+
+
+def _dag(entry: dict[str, Any]) -> DAG:
+    project = DbtProject(project_dir=entry["project_dir"], conn_id=entry["conn_id"], shape=entry["shape"],
+                         execution=entry.get("execution", "isolated"),
+                         manifest_path=entry.get("manifest_path"),
+                         operator_args=entry.get("operator_args", {}))
+    return dbt_dag(entry["dag_id"], project, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+                   is_paused_upon_creation=False)
+
+
+if SPEC:
+    for _entry in json.loads(Path(SPEC).read_text()):
+        globals()[_entry["dag_id"]] = _dag(_entry)
