@@ -191,32 +191,21 @@ class Smoke:
         return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob("attempt=1.log*")))
 
 
-@pytest.fixture(scope="module")
-def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
-    """The stack, started once: fresh AIRFLOW_HOME, metadata DB on the test PostgreSQL, DAGs parsed."""
-    tmp_path = tmp_path_factory.mktemp("smoke")
-    pg.execute(f"drop database if exists {META_DB} with (force)")
-    pg.execute(f"create database {META_DB}")
-    home = tmp_path / "airflow"
-    runtime = tmp_path / "dbt-runtime"
-    home.mkdir()
-    runtime.mkdir()
-    for name in ("demo_project", "demo_pkg"):
-        shutil.copytree(EXAMPLES / name, tmp_path / name)
-    project = tmp_path / "demo_project"
-    api_port = free_port()
+def stack_env(pg: PgServer, home: Path, runtime: Path, api_port: int, meta_db: str = META_DB,
+              dags: Path = SMOKE_DAGS) -> dict[str, str]:
+    """The child processes' environment: fresh AIRFLOW_HOME, metadata DB on the test PostgreSQL."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW", "DLH_", "DBT_", "_AIRFLOW"))}
     env.update({
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
-            f"postgresql+psycopg2://postgres:{pg.password}@127.0.0.1:{pg.port}/{META_DB}",
+            f"postgresql+psycopg2://postgres:{pg.password}@127.0.0.1:{pg.port}/{meta_db}",
         # Airflow derives postgresql+asyncpg from the sync URL itself; stated here to be explicit.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC":
-            f"postgresql+asyncpg://postgres:{pg.password}@127.0.0.1:{pg.port}/{META_DB}",
+            f"postgresql+asyncpg://postgres:{pg.password}@127.0.0.1:{pg.port}/{meta_db}",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(SMOKE_DAGS),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
@@ -231,6 +220,26 @@ def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         "DLH_DBT_RUNTIME_ROOT": str(runtime),
         "DLH_DBT_SHARED_RUNTIME_ROOT": "true",
+    })
+    return env
+
+
+@pytest.fixture(scope="module")
+def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
+    """The stack, started once: fresh AIRFLOW_HOME, metadata DB on the test PostgreSQL, DAGs parsed."""
+    tmp_path = tmp_path_factory.mktemp("smoke")
+    pg.execute(f"drop database if exists {META_DB} with (force)")
+    pg.execute(f"create database {META_DB}")
+    home = tmp_path / "airflow"
+    runtime = tmp_path / "dbt-runtime"
+    home.mkdir()
+    runtime.mkdir()
+    for name in ("demo_project", "demo_pkg"):
+        shutil.copytree(EXAMPLES / name, tmp_path / name)
+    project = tmp_path / "demo_project"
+    api_port = free_port()
+    env = stack_env(pg, home, runtime, api_port)
+    env.update({
         "DLH_SMOKE_PROJECT_DIR": str(project),
         "AIRFLOW_CONN_SMOKE_DUCK": json.dumps({"conn_type": "duckdb", "host": str(tmp_path / "smoke.duckdb")}),
         "AIRFLOW_CONN_SMOKE_PG": json.dumps({

@@ -35,9 +35,14 @@ class DbtExecutionTrigger(BaseTrigger):
         heartbeat_timeout: float = 120.0,
         visibility_timeout: float = 60.0,
         started_at: float | None = None,
+        resume_not_before: float | None = None,
     ) -> None:
         super().__init__()
         self.control_dir = control_dir
+        # Airflow 3.3.2 fails a task whose resumed try is queued before the scheduler has processed
+        # the executor's "success" for the process that deferred (a race seen with a 4 s dbt run):
+        # the event waits until a few seconds after the deferral, wall clock.
+        self.resume_not_before = resume_not_before
         self.check_interval = check_interval
         self.timeout_at = timeout_at
         self.cancel_grace = cancel_grace
@@ -57,6 +62,7 @@ class DbtExecutionTrigger(BaseTrigger):
                 "heartbeat_timeout": self.heartbeat_timeout,
                 "visibility_timeout": self.visibility_timeout,
                 "started_at": self.started_at,
+                "resume_not_before": self.resume_not_before,
             },
         )
 
@@ -65,6 +71,13 @@ class DbtExecutionTrigger(BaseTrigger):
         return ControlDir(Path(self.control_dir))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        async for event in self._watch():
+            if self.resume_not_before is not None:
+                await asyncio.sleep(max(0.0, self.resume_not_before - time.time()))
+            yield event
+            return
+
+    async def _watch(self) -> AsyncIterator[TriggerEvent]:
         started = time.monotonic()
         ctl = self._ctl
         seen: tuple[int, int, int] | None = None
