@@ -12,7 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dlh_airflow_common._compat import AirflowRescheduleException, AirflowSkipException, airflow_at_least
+from dlh_airflow_common._compat import (
+    AIRFLOW_VERSION,
+    AirflowRescheduleException,
+    AirflowSkipException,
+    airflow_at_least,
+)
 from dlh_airflow_common.core.exceptions import DbtRuntimeException
 from dlh_airflow_common.core.stream import stream_dir
 from dlh_airflow_common.operators import settings
@@ -55,6 +60,10 @@ def watch_from_worker(op: DbtOperator, context: Context) -> None:
     from dlh_airflow_common.triggers.node import DbtNodeTrigger
 
     ti = context["ti"]
+    if not airflow_at_least(START_FROM_TRIGGER_SINCE):
+        op.log.info("Airflow %d.%d cannot start tasks in the triggerer (needs %s): this node task "
+                    "watches its producer from a worker slot, then defers",
+                    *AIRFLOW_VERSION, START_FROM_TRIGGER_SINCE)
     if not (producer_dir(settings.runtime_root(op.runtime_root), context) / "status.json").is_file():
         from airflow.sdk import timezone
 
