@@ -46,7 +46,7 @@ def docs_location(given: str | None = None) -> str:
     ``<runtime root>/docs`` (so one host needs no setting)."""
     if given:
         return given
-    from airflow.sdk import conf
+    from dlh_airflow_common._compat import conf
 
     configured = os.environ.get(LOCATION_ENV) or conf.get("dlh_dbt", "docs_location", fallback=None)
     return str(configured or default_runtime_root() / "docs")
@@ -58,7 +58,7 @@ def plugin_enabled() -> bool:
     value = os.environ.get(PLUGIN_ENV)
     if value is not None:
         return value.strip().lower() not in {"0", "false", "no", "off"}
-    from airflow.sdk import conf
+    from dlh_airflow_common._compat import conf
 
     return bool(conf.getboolean("dlh_dbt", "docs_plugin", fallback=True))
 

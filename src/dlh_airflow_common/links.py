@@ -29,8 +29,7 @@ class DbtDocsLink(BaseOperatorLink):
             if external and unique_id and "#" not in external:  # a hosted dbt docs site has the same routes
                 return f"{external.rstrip('/')}/{docs.page_fragment(unique_id)}"
             return external
-        from airflow.sdk import conf
-
+        from dlh_airflow_common._compat import conf
         from dlh_airflow_common.operators import settings
 
         try:
