@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 # A deferred task resumes no sooner than this after deferring (see DbtExecutionTrigger): measured,
-# the deferring task process lingers ~5 s before its executor event reaches the scheduler.
+# the deferring task process lingers ~5 s before its executor event reaches the scheduler, and 3.3.2
+# fails a resumed try that is queued or running by then (apache/airflow#71580, #72716).
 MIN_DEFERRAL_SECONDS = 15.0
 
 
