@@ -216,7 +216,7 @@ class DbtOperator(BaseOperator):
         )
 
     def _reporter(self, context: Context, hook: DbtHook) -> Reporter:
-        output = hook.resolve_profile().output() if self.conn_id else {}
+        output = hook.resolve_profile().output(hook.dbt_project_dir) if self.conn_id else {}
         return Reporter(context["ti"], self.log, self._retry_state(context),
                         self.artifacts_destination if self.upload_artifacts else None,
                         self.artifacts_conn_id, output,
