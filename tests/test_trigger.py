@@ -145,3 +145,13 @@ def test_on_kill_prefers_dbts_own_summary_when_it_arrives_in_time(
     text = capsys.readouterr().out
     assert "dbt summary: 4 nodes in 12.5s (error=2, success=2)" in text, text
     assert text.count("dbt summary:") == 1 and "running when killed" not in text
+
+
+def test_unwatched_timeout_comes_from_the_task_then_the_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlh_airflow_common.operators import settings
+
+    monkeypatch.delenv(settings.UNWATCHED_TIMEOUT_ENV, raising=False)
+    assert settings.unwatched_timeout(None) == 180  # longer than a triggerer restart
+    monkeypatch.setenv(settings.UNWATCHED_TIMEOUT_ENV, "600")
+    assert settings.unwatched_timeout(None) == 600 and settings.unwatched_timeout(30) == 30
+    assert settings.unwatched_timeout(0) == 0  # off
