@@ -133,10 +133,16 @@ def test_supervisor_cancels_a_run_no_trigger_watches_any_more(
     sleeping = "select 1 from pg_stat_activity where query like '%pg_sleep(120)%' and pid <> pg_backend_pid()"
     pg.wait_until(sleeping, lambda rows: len(rows) == 1, timeout=120)
     assert dbt_processes(runtime_root) and list((runtime_root / "runs").iterdir())  # what must go, seen
-    status = ctl.read_status() or {}
+    # What a killed trigger reports when dbt's own summary is late: the nodes, as dbt ran them (the
+    # supervisor writes them at most every 0.5 s).
+    deadline = time.monotonic() + 10
+    while True:
+        status = ctl.read_status() or {}
+        nodes = status.get("nodes") or {}
+        if nodes.get("running") == ["model.demo.slow_model"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert status.get("state") == "running"  # never watched: not cancelled yet
-    # What a killed trigger reports when dbt's own summary is late: the nodes, as dbt ran them.
-    nodes = status.get("nodes") or {}
     assert nodes.get("running") == ["model.demo.slow_model"], status
     assert sum((nodes.get("counts") or {}).values()) >= 2 and nodes.get("failures") == [], status
     ctl.mark_watched()  # a trigger watched once, then was dropped
