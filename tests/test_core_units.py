@@ -244,7 +244,7 @@ def test_one_profile_path_splits_secrets_in_one_place(demo_project: Path) -> Non
     setup = resolve_profile(ProfileConfig(connection=conn, schema_override="other"), demo_project, env_vars)
     assert setup.profile_name == "demo" and setup.target_name == "airflow"  # from dbt_project.yml
     assert setup.secret_env == {"DBT_ENV_SECRET_PASSWORD": "s3cret-pw", "DBT_ENV_SECRET_TOKEN": "tok-123"}
-    assert setup.output()["schema"] == "other"
+    assert setup.output(demo_project)["schema"] == "other"
     assert "s3cret-pw" not in json.dumps(setup.rendered.document if setup.rendered else None)
     assert plain_env(env_vars) == {"PLAIN": "1"}
     src = Path(__file__).resolve().parent.parent / "src" / "dlh_airflow_common"

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from dlh_airflow_common.core import ConnectionInfo, DbtCommand, ProfileConfig, RunIdentity, resolve_profile
+from dlh_airflow_common.core import (
+    ConnectionInfo,
+    DbtCommand,
+    DbtInvoker,
+    ProfileConfig,
+    RunIdentity,
+    resolve_profile,
+)
 from dlh_airflow_common.core.detached import TERMINAL, ControlDir
 from dlh_airflow_common.core.exceptions import DbtException, DbtProjectException, exception_from_dict
 from dlh_airflow_common.operators.deferral import DetachedRun
+from tests.pgserver import PgServer
+from tests.processes import dbt_processes, no_dbt_processes
 
 # Dumps the modules a Python process ended with, to $DLH_TEST_MODULES_OUT.<pid>.
 _SITECUSTOMIZE = '''
@@ -91,3 +102,79 @@ def test_core_errors_reach_airflow_as_airflow_exceptions(tmp_path: Path) -> None
     assert str(again) == str(exc)
     assert type(exception_from_dict(exc.to_dict())) is DbtProjectException  # the core's own class
     assert os.environ.get("_AIRFLOW__REEXECUTED_PROCESS") is None
+
+
+def _launch(project: Path, conn: ConnectionInfo, runtime_root: Path, slow: int, unwatched: float) -> ControlDir:
+    profile = resolve_profile(ProfileConfig(connection=conn), project)
+    return DetachedRun(project_dir=str(project), runtime_root=runtime_root,
+                       command=DbtCommand("build", select="+slow_model", vars={"slow_seconds": slow},
+                                          exclude="test_type:data"),
+                       identity=RunIdentity("dag", f"slow_{slow}", 1), profile=profile, env_vars={},
+                       cancel_grace=10, unwatched_timeout=unwatched).launch()
+
+
+def _final(ctl: ControlDir, timeout: float) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while (status := ctl.read_status() or {}).get("state") not in TERMINAL:
+        assert time.monotonic() < deadline, ctl.progress_tail()
+        time.sleep(0.2)
+    return status
+
+
+def _deps(project: Path, conn: ConnectionInfo, runtime_root: Path) -> None:
+    DbtInvoker(project, ProfileConfig(connection=conn), runtime_root=runtime_root).invoke(DbtCommand("deps"))
+
+
+def test_supervisor_cancels_a_run_no_trigger_watches_any_more(
+        demo_project: Path, pg_conn: ConnectionInfo, runtime_root: Path, pg: PgServer) -> None:
+    """Airflow < 3.3 drops a killed task's trigger without on_kill: the watcher's silence is the kill."""
+    _deps(demo_project, pg_conn, runtime_root)
+    ctl = _launch(demo_project, pg_conn, runtime_root, slow=120, unwatched=3)
+    sleeping = "select 1 from pg_stat_activity where query like '%pg_sleep(120)%' and pid <> pg_backend_pid()"
+    pg.wait_until(sleeping, lambda rows: len(rows) == 1, timeout=120)
+    assert dbt_processes(runtime_root) and list((runtime_root / "runs").iterdir())  # what must go, seen
+    # What a killed trigger reports when dbt's own summary is late: the nodes, as dbt ran them (the
+    # supervisor writes them at most every 0.5 s).
+    deadline = time.monotonic() + 10
+    while True:
+        status = ctl.read_status() or {}
+        nodes = status.get("nodes") or {}
+        if nodes.get("running") == ["model.demo.slow_model"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert status.get("state") == "running"  # never watched: not cancelled yet
+    assert nodes.get("running") == ["model.demo.slow_model"], status
+    assert sum((nodes.get("counts") or {}).values()) >= 2 and nodes.get("failures") == [], status
+    ctl.mark_watched()  # a trigger watched once, then was dropped
+    seen_at = time.monotonic()
+    assert no_dbt_processes(runtime_root, 60), dbt_processes(runtime_root)
+    gone_after = time.monotonic() - seen_at
+    assert 3 < gone_after < 3 + 10 + 10, gone_after  # unwatched_timeout, then at most cancel_grace
+    pg.wait_until(sleeping, lambda rows: rows == [], timeout=10)
+    deadline = time.monotonic() + 10
+    while ctl.path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not ctl.path.exists()  # abandoned: nobody resumes a task to read it
+    assert list((runtime_root / "runs").iterdir()) == []
+
+
+def test_supervisor_lets_a_watched_or_never_watched_run_finish(
+        demo_project: Path, pg_conn: ConnectionInfo, runtime_root: Path, pg: PgServer) -> None:
+    """A trigger that keeps watching, and a task not yet deferred (no watch yet), are never cancelled."""
+    _deps(demo_project, pg_conn, runtime_root)
+    other = dataclasses.replace(pg_conn, extra={**pg_conn.extra, "schema": pg_conn.extra["schema"] + "_b"})
+    watched = _launch(demo_project, pg_conn, runtime_root, slow=8, unwatched=2)
+    unwatched = _launch(demo_project, other, runtime_root, slow=9, unwatched=2)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            watched.mark_watched()
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        states = [_final(ctl, 240)["state"] for ctl in (watched, unwatched)]
+    finally:
+        stop.set()
+    assert states == ["success", "success"], [ctl.progress_tail() for ctl in (watched, unwatched)]
+    assert "No trigger has watched" not in watched.progress.read_text()

@@ -36,17 +36,36 @@ def _holder_process(code: str) -> subprocess.Popen[str]:
     return proc
 
 
+def _user_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's own profiles.yml on the same file, its folder read from the environment."""
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "profiles.yml").write_text(
+        "demo:\n  target: local\n  outputs:\n    local:\n      type: duckdb\n"
+        "      path: \"{{ env_var('DLH_TEST_WAREHOUSE_DIR') }}/shared.duckdb\"\n      threads: 2\n")
+    monkeypatch.setenv("DLH_TEST_WAREHOUSE_DIR", str(tmp_path))
+    return folder
+
+
+@pytest.mark.parametrize("profile", ["connection", "user profiles_dir"])
 def test_two_builds_on_one_file_take_turns(demo_project: Path, duck_conn_id: str, tmp_path: Path,
-                                           runtime_root: Path) -> None:
+                                           runtime_root: Path, profile: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     setup: list[str] = []
     _hook(demo_project, runtime_root, setup).run_dbt_task("deps")
+    make = _hook
+    if profile != "connection":
+        folder = _user_profiles(tmp_path, monkeypatch)
+
+        def make(project: Path, root: Path, lines: list[str], **kw: object) -> DbtHook:
+            return DbtHook(project, profiles_dir=str(folder), runtime_root=str(root), progress=lines.append)
     lock_file = tmp_path / "shared.duckdb.dlh-lock"
     logs: dict[str, list[str]] = {"first": [], "second": []}
     results: dict[str, DbtTaskResult | BaseException] = {}
 
     def build(name: str) -> None:
         try:
-            results[name] = _hook(demo_project, runtime_root, logs[name]).run_dbt_task("build")
+            results[name] = make(demo_project, runtime_root, logs[name]).run_dbt_task("build")
         except BaseException as exc:
             results[name] = exc
 
@@ -122,6 +141,27 @@ def test_a_file_another_program_holds_is_a_clear_lock_error(demo_project: Path, 
 def test_which_commands_lock_which_file(output: dict[str, str], words: list[str],
                                         expected: Path | None) -> None:
     assert duckdb_file(output, words) == expected
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("{{ env_var('WH_DIR') }}/wh.duckdb", "/data/wh.duckdb"),
+    ("{{env_var(\"WH_DIR\")}}/{{ env_var('WH_NAME', 'wh') }}.duckdb", "/data/wh.duckdb"),
+    ("{{ env_var('NOT_SET_ANYWHERE', '/tmp/fallback.duckdb') }}", "/tmp/fallback.duckdb"),
+])
+def test_env_var_in_a_path_is_read_as_dbt_reads_it(path: str, expected: str) -> None:
+    env = {"WH_DIR": "/data"}
+    assert duckdb_file({"type": "duckdb", "path": path}, ["build"], env) == Path(expected)
+
+
+@pytest.mark.parametrize(("path", "why"), [
+    ("{{ env_var('NOT_SET_ANYWHERE') }}/wh.duckdb", "the environment variable NOT_SET_ANYWHERE it reads is not set"),
+    ("/data/{{ var('db') }}.duckdb", "it uses Jinja other than env_var(), which only dbt renders"),
+])
+def test_a_path_that_cannot_be_read_takes_no_lock_and_says_why(path: str, why: str) -> None:
+    said: list[str] = []
+    assert duckdb_file({"type": "duckdb", "path": path}, ["build"], {}, said.append) is None
+    assert said == [f"No DuckDB file lock taken for path {path!r}: {why}; tasks writing the same file at "
+                    "once may fail with DuckDB's lock conflict"]
 
 
 def test_a_bad_wait_is_refused(demo_project: Path, runtime_root: Path,

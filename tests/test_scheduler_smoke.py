@@ -359,10 +359,15 @@ def _dbt_pids(home: Path) -> dict[int, str]:
 
 
 def test_marking_running_dbt_tasks_failed_stops_dbt_and_leaves_nothing(smoke: Smoke) -> None:
-    """A user marks a sync and a deferred dbt task failed (REST API, as the UI does) mid-``pg_sleep``."""
-    if not airflow_at_least("3.3"):
-        pytest.skip("the triggerer calls a trigger's on_kill from Airflow 3.3 on")
+    """A user marks a sync and a deferred dbt task failed (REST API, as the UI does) mid-``pg_sleep``.
+
+    From Airflow 3.3 the triggerer calls the deferred task's trigger's on_kill; below, it drops the
+    trigger silently and the supervisor cancels dbt once no trigger has watched for
+    ``unwatched_timeout`` (15 s in this DAG).
+    """
+    on_kill = airflow_at_least("3.3")
     stack, run_id, grace = smoke.stack, "kill_run", 10
+    unwatched = 0 if on_kill else 15 + 5  # + the trigger's stamp interval
     sleeping = ("select query from pg_stat_activity where query like '%pg_sleep(60%' "
                 "and pid <> pg_backend_pid()")
     _trigger(smoke, KILL_DAG_ID, run_id)
@@ -387,27 +392,41 @@ def test_marking_running_dbt_tasks_failed_stops_dbt_and_leaves_nothing(smoke: Sm
     for task_id in ("slow_sync", "slow_deferred"):
         smoke.api("PATCH", f"/api/v2/dags/{KILL_DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}",
                   {"new_state": "failed"})
-    _wait("dbt and its supervisor to exit", lambda: not _dbt_pids(smoke.home), stack, timeout=grace + 30,
-          interval=0.2)
+    _wait("dbt and its supervisor to exit", lambda: not _dbt_pids(smoke.home), stack,
+          timeout=unwatched + grace + 30, interval=0.2)
     gone_after = time.monotonic() - killed
     _wait("the sleeping queries to end", lambda: not smoke.pg.execute(sleeping), stack,
           timeout=10, interval=0.2)
     smoke.phases.append(f"dbt gone {gone_after:.1f}s after the kill")
     # The task process notices the new state at its next heartbeat (a few seconds), then dbt gets SIGINT.
-    assert gone_after < grace + 10, f"dbt took {gone_after:.1f}s to go\n{stack.report()}"
+    assert gone_after < unwatched + grace + 10, f"dbt took {gone_after:.1f}s to go\n{stack.report()}"
+    if not on_kill:  # the deferred run could only stop for the trigger's silence, not before it
+        assert gone_after > 15, f"dbt went {gone_after:.1f}s after the kill\n{stack.report()}"
     _wait("run and control dirs to be removed",
           lambda: not [p for p in (smoke.runtime / "runs").iterdir() if KILL_DAG_ID in p.name]
           and not list((smoke.runtime / "deferred").iterdir()), stack, timeout=20)
 
     sync_log = smoke.task_log(KILL_DAG_ID, run_id, "slow_sync")
     deferred_log = smoke.task_log(KILL_DAG_ID, run_id, "slow_deferred")
-    # The sync task's log ends with the cancel and the partial summary (what had run). The deferred
-    # one shows the progress up to the kill and the cancel request; the triggerer repeats its cancel
-    # every second, often too soon for dbt's summary (the supervisor still writes it, unread).
+    # Both logs end with the cancel and the partial summary: what had run, and what was running. The
+    # sync one has dbt's own. The triggerer repeats its cancel every second, often too soon for dbt's
+    # (the supervisor still writes it, unread): the trigger then reports the nodes the supervisor had
+    # recorded, in the same words.
     assert "Cancelling dbt" in sync_log and "dbt summary: 4 nodes" in sync_log, \
         f"{sync_log[-4000:]}\n{stack.report()}"
     assert "OK model.demo.stg_customers" in deferred_log, deferred_log[-4000:]
-    assert "asking the dbt run to cancel" in deferred_log, deferred_log[-4000:]
     states = dict(smoke.meta("select task_id, state from task_instance where dag_id = %s and run_id = %s",
                              KILL_DAG_ID, run_id))
     assert states == {"slow_sync": "failed", "slow_deferred": "failed"}, states
+    if not on_kill:  # nothing tells the trigger: its log ends with the progress it had relayed
+        assert "asking the dbt run to cancel" not in deferred_log, deferred_log[-4000:]
+        return
+    assert "asking the dbt run to cancel" in deferred_log, deferred_log[-4000:]
+    if "dbt's own summary has not arrived" in deferred_log:  # the trigger's: 4 done, slow_model running
+        smoke.phases.append("deferred log: the trigger's partial summary")
+        assert "dbt summary: 5 nodes" in deferred_log and "(pass=2, running=1, success=2)" in deferred_log, \
+            deferred_log[-4000:]
+        assert "running when killed: model.demo.slow_model" in deferred_log, deferred_log[-4000:]
+    else:  # dbt's own, as in the sync log
+        smoke.phases.append("deferred log: dbt's own summary")
+        assert "dbt summary: 4 nodes" in deferred_log, deferred_log[-4000:]

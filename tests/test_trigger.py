@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from dlh_airflow_common.core.detached import ControlDir
 from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
@@ -77,3 +80,78 @@ def test_on_kill_returns_within_the_triggerers_limit_and_leaves_cleanup_to_the_s
     finally:
         alive.kill()
         alive.wait()
+
+
+def _killed_mid_run(path: Path, pid: int) -> ControlDir:
+    """A run that had built three nodes, failed one, and was in the fourth when its task was killed."""
+    ctl = _running(path, pid)
+    ctl.write_status(launched=time.time() - 12, nodes={
+        "running": ["model.demo.slow_model"], "counts": {"success": 2, "error": 1},
+        "failures": [{"unique_id": "model.demo.broken", "status": "error", "message": "boom"}]})
+    ctl.progress.write_text("[1/4] OK model.demo.a 0.1s\n")
+    return ctl
+
+
+async def _on_kill_cancelled_after(trigger: DbtExecutionTrigger, seconds: float) -> None:
+    """As the Airflow 3.3 triggerer does: on_kill under its limit, cancelled again at the next sync."""
+    from airflow.sdk import conf
+
+    task = asyncio.ensure_future(asyncio.wait_for(trigger.on_kill(),
+                                                  conf.getint("triggerer", "on_kill_timeout")))
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def test_on_kill_cut_short_logs_a_partial_summary_from_the_recorded_nodes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """dbt's own summary comes only after SIGINT and cancel_grace: the triggerer does not wait for it."""
+    supervisor = subprocess.Popen(["sleep", "120"])  # still stopping dbt when on_kill is cut short
+    try:
+        ctl = _killed_mid_run(tmp_path, supervisor.pid)
+        trigger = DbtExecutionTrigger(str(tmp_path), cancel_grace=30)
+        asyncio.run(_on_kill_cancelled_after(trigger, 1.0))
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    text = capsys.readouterr().out  # the trigger's log (structlog, to stdout here)
+    assert "OK model.demo.a" in text  # the progress not yet relayed, first
+    assert "dbt summary: 4 nodes in 1" in text and "(error=1, running=1, success=2)" in text, text
+    assert "failed: model.demo.broken [error] boom" in text
+    assert "running when killed: model.demo.slow_model" in text
+    assert ctl.cancel_flag.exists() and ctl.abandoned_flag.exists()
+
+
+def test_on_kill_prefers_dbts_own_summary_when_it_arrives_in_time(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    supervisor = subprocess.Popen(["sleep", "120"])
+    try:
+        ctl = _killed_mid_run(tmp_path, supervisor.pid)
+
+        def stop_like_the_supervisor() -> None:  # dbt prints its summary after SIGINT, then the end
+            while not ctl.cancel_flag.exists():
+                time.sleep(0.05)
+            with ctl.progress.open("a") as fh:
+                fh.write("dbt summary: 4 nodes in 12.5s (error=2, success=2)\n")
+            ctl.write_status(state="cancelled")
+
+        threading.Thread(target=stop_like_the_supervisor, daemon=True).start()
+        trigger = DbtExecutionTrigger(str(tmp_path), cancel_grace=30)
+        asyncio.run(_on_kill_cancelled_after(trigger, 3.0))
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    text = capsys.readouterr().out
+    assert "dbt summary: 4 nodes in 12.5s (error=2, success=2)" in text, text
+    assert text.count("dbt summary:") == 1 and "running when killed" not in text
+
+
+def test_unwatched_timeout_comes_from_the_task_then_the_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlh_airflow_common.operators import settings
+
+    monkeypatch.delenv(settings.UNWATCHED_TIMEOUT_ENV, raising=False)
+    assert settings.unwatched_timeout(None) == 180  # longer than a triggerer restart
+    monkeypatch.setenv(settings.UNWATCHED_TIMEOUT_ENV, "600")
+    assert settings.unwatched_timeout(None) == 600 and settings.unwatched_timeout(30) == 30
+    assert settings.unwatched_timeout(0) == 0  # off

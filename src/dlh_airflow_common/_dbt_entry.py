@@ -14,8 +14,9 @@ import sys
 from typing import Any
 
 _LEVELS = {"info", "warn", "error"}
-# Debug-level events the parent reads anyway: each node's final result, for per-node streaming.
-_NAMES = {"NodeFinished"}
+# Debug-level events the parent reads anyway: each node's start and final result, for per-node
+# streaming and for the nodes a killed deferred run reports as running.
+_NAMES = {"NodeStart", "NodeFinished"}
 # Name of the event that carries dbt's exception; not one of dbt's own event names.
 EXCEPTION_EVENT = "DlhDbtException"
 

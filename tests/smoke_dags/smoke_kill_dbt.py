@@ -2,6 +2,8 @@
 
 tests/test_scheduler_smoke.py marks both tasks failed through the api-server while dbt waits in
 ``pg_sleep`` and checks that Airflow's kill reaches dbt and the query, and that nothing is left.
+Airflow 3.3 tells the deferred task's trigger (on_kill); below 3.3 the supervisor notices that no
+trigger watches the run any more (``unwatched_timeout``).
 """
 
 from __future__ import annotations
@@ -21,4 +23,6 @@ with DAG("smoke_kill_dbt", schedule=None, start_date=datetime(2026, 1, 1), catch
     for mode in ("sync", "deferred"):
         DbtOperator(task_id=f"slow_{mode}", command="build", select="+slow_model", dbt_project_dir=PROJECT,
                     conn_id="smoke_pg", vars={"slow_seconds": SLOW[mode]}, schema_override=f"smoke_{mode}",
-                    deferrable=mode == "deferred", check_interval=1, cancel_grace=10)
+                    deferrable=mode == "deferred", check_interval=1, cancel_grace=10,
+                    # Below Airflow 3.3 the killed trigger's silence is the kill: noticed after 15 s.
+                    unwatched_timeout=15)

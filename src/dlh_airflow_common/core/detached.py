@@ -6,11 +6,15 @@ everything a watcher needs into a *control dir* under the runtime root:
 
     deferred/<run name>/
         spec.json       what to run (no secrets: those travel in the supervisor's environment)
-        status.json     state, host, pid, heartbeat, and at the end the result or the error
+        status.json     state, host, pid, heartbeat, the nodes running and finished so far (``nodes``),
+                        and at the end the result or the error
         progress.log    the progress lines and summary, for the trigger to relay to the task log
         cancel          created by a watcher to ask for cancellation (SIGINT, grace, SIGKILL)
         abandoned       created with ``cancel`` when nobody will resume the task (a killed task):
                         the supervisor then removes this control dir itself when dbt has stopped
+        watched         touched by the trigger while it watches; when no trigger has touched it for
+                        ``unwatched_timeout`` seconds, the supervisor takes the task for killed
+                        (Airflow before 3.3 never calls a trigger's on_kill) and cancels as above
         artifacts/      the run's manifest/run_results/sources/catalog, kept for the resuming task
 
 A watcher on another host sees all of it only when the runtime root is a shared volume.
@@ -33,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dlh_airflow_common.core.artifacts import ARTIFACTS, DOCS_PAGES
+from dlh_airflow_common.core.artifacts import ARTIFACTS, DOCS_PAGES, RunSummary
 from dlh_airflow_common.core.exceptions import DbtException
 from dlh_airflow_common.core.invoke import DbtCommand, DbtInvoker, DbtTaskResult
 from dlh_airflow_common.core.profile_setup import ProfileConfig
@@ -41,7 +45,7 @@ from dlh_airflow_common.core.profiles import SECRET_PREFIX, RenderedProfile
 from dlh_airflow_common.core.retention import ActiveMark
 from dlh_airflow_common.core.runners import SubprocessRunner
 from dlh_airflow_common.core.runtime import RunIdentity
-from dlh_airflow_common.core.stream import NODE_RESULTS, NodeResultWriter
+from dlh_airflow_common.core.stream import NODE_RESULTS, NodeResultWriter, NodeTally
 
 TERMINAL = {"success", "failed", "cancelled"}
 HEARTBEAT_SECONDS = 5.0
@@ -77,6 +81,24 @@ class ControlDir:
     @property
     def artifacts(self) -> Path:
         return self.path / "artifacts"
+
+    @property
+    def watched_flag(self) -> Path:
+        return self.path / "watched"
+
+    def mark_watched(self) -> None:
+        """A trigger is watching this run (its stamp is the supervisor's proof of life of the task)."""
+        try:
+            self.watched_flag.touch()
+        except OSError:
+            pass  # the dir is gone: the run is over
+
+    def unwatched_for(self) -> float | None:
+        """Seconds since a trigger last watched, or None if none has yet (the task has not deferred)."""
+        try:
+            return time.time() - self.watched_flag.stat().st_mtime
+        except OSError:
+            return None
 
     def status_stamp(self) -> tuple[int, int, int] | None:
         """Changes whenever the status is rewritten (a new file each time): a cheap test for news."""
@@ -144,6 +166,29 @@ class ControlDir:
         return False
 
 
+SUMMARY_PREFIX = "dbt summary:"  # how RunSummary.lines() starts: dbt's own summary has arrived
+
+
+def partial_summary(status: dict[str, Any], now: float | None = None) -> list[str]:
+    """What the run had done by the time of ``status``, in the words of the run's own summary.
+
+    For a watcher that cannot wait for dbt's summary (a killed deferred task): the nodes that had
+    finished, by status, and those still running, as the supervisor last recorded them.
+    """
+    nodes = status.get("nodes") or {}
+    running = [str(uid) for uid in nodes.get("running") or []]
+    counts = {str(k): int(v) for k, v in (nodes.get("counts") or {}).items()}
+    if running:
+        counts["running"] = len(running)
+    began = float(status.get("launched") or status.get("heartbeat") or time.time())
+    summary = RunSummary(counts=counts, failures=list(nodes.get("failures") or []),
+                         elapsed=max(0.0, (now or time.time()) - began))
+    lines = summary.lines()
+    if running:
+        lines.append("  running when killed: " + ", ".join(running))
+    return lines
+
+
 @dataclass
 class DetachedSpec:
     """Everything the supervisor needs, all JSON-safe and free of secret values."""
@@ -165,6 +210,7 @@ class DetachedSpec:
     venv_path: str | None = None
     dbt_executable: str | None = None
     cancel_grace: float = 30.0
+    unwatched_timeout: float = 0.0  # > 0: cancel when no trigger has watched for this long (see above)
     partial_parse: bool = True
     stream_nodes: bool = False  # append each finished node's result to nodes.jsonl (core.stream)
 
@@ -220,6 +266,14 @@ def _supervise(ctl: ControlDir) -> int:
     def keep_artifacts(target: Path, _result: DbtTaskResult | None) -> None:
         copy_artifacts(target, ctl.artifacts)
 
+    tally = NodeTally()  # in the status file: what a killed watcher reports if dbt's summary is late
+    writer = NodeResultWriter(ctl.path / NODE_RESULTS) if spec.stream_nodes else None
+
+    def on_event(event: dict[str, Any]) -> None:
+        tally(event)
+        if writer is not None:
+            writer(event)
+
     invoker = DbtInvoker(
         spec.project_dir, profile,
         runner=SubprocessRunner(spec.venv_path, spec.dbt_executable, cancel_grace=spec.cancel_grace),
@@ -228,19 +282,31 @@ def _supervise(ctl: ControlDir) -> int:
         retry_limit=spec.retry_limit,
         retry_delay=spec.retry_delay, env_vars=spec.env_vars, partial_parse=spec.partial_parse,
         progress=lambda line: print(line, flush=True), artifacts_callback=keep_artifacts,
-        event_sink=NodeResultWriter(ctl.path / NODE_RESULTS) if spec.stream_nodes else None,
+        event_sink=on_event,
     )
     stop = threading.Event()
 
     def watch() -> None:
         """Heartbeat for the watcher, and honour a cancel request written by it."""
-        beat = 0.0
+        beat, nodes_written = 0.0, 0
         while not stop.wait(0.5):
             if time.monotonic() - beat >= HEARTBEAT_SECONDS:
                 ctl.write_status(heartbeat=time.time())
                 beat = time.monotonic()
+            if tally.version != nodes_written:
+                nodes_written = tally.version
+                ctl.write_status(nodes=tally.snapshot())
             if ctl.cancel_flag.exists():
                 print("Cancellation requested by the watcher", flush=True)
+                invoker.cancel()
+                return
+            unwatched = ctl.unwatched_for() if spec.unwatched_timeout > 0 else None
+            if unwatched is not None and unwatched > spec.unwatched_timeout:
+                print(f"No trigger has watched this run for {unwatched:.0f}s (unwatched_timeout="
+                      f"{spec.unwatched_timeout:.0f}s): its task was killed or lost; cancelling dbt",
+                      flush=True)
+                ctl.abandoned_flag.touch()  # no task will resume to read this dir
+                ctl.request_cancel()
                 invoker.cancel()
                 return
 

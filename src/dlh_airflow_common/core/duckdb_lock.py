@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -44,11 +45,51 @@ def default_wait() -> float:
     return wait
 
 
-def duckdb_file(output: Mapping[str, Any], words: Sequence[str]) -> Path | None:
-    """The DuckDB file a dbt command writes, or None (another adapter, in-memory, no DB opened)."""
+# The Jinja read outside dbt in a target's path: env_var('NAME') and env_var('NAME', 'default').
+_ENV_VAR = re.compile(r"""\{\{\s*env_var\(\s*(['"])(\w+)\1\s*(?:,\s*(['"])(.*?)\3\s*)?\)\s*\}\}""")
+
+
+def render_path(raw: str, env: Mapping[str, str]) -> tuple[str | None, str]:
+    """A target's ``path`` as dbt will see it, or None and why not.
+
+    Plain text and ``{{ env_var(...) }}`` (with or without a default) are rendered with ``env``; any
+    other Jinja (``var()``, ``target``, filters) only dbt can render.
+    """
+    missing: list[str] = []
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match.group(2), match.group(4)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        missing.append(name)
+        return ""
+
+    path = _ENV_VAR.sub(value, raw)
+    if missing:
+        return None, f"the environment variable {missing[0]} it reads is not set"
+    if "{{" in path or "{%" in path:
+        return None, "it uses Jinja other than env_var(), which only dbt renders"
+    return path, ""
+
+
+def duckdb_file(output: Mapping[str, Any], words: Sequence[str], env: Mapping[str, str] | None = None,
+                say: Callable[[str], None] | None = None) -> Path | None:
+    """The DuckDB file a dbt command writes, or None (another adapter, in-memory, no DB opened).
+
+    ``env`` renders ``env_var()`` in the path; a path that cannot be rendered takes no lock, which
+    ``say`` reports with the reason.
+    """
     if output.get("type") != "duckdb" or not words or words[0] in COMMANDS_WITHOUT_DB:
         return None
-    path = str(output.get("path") or "")
+    raw = str(output.get("path") or "")
+    path, why = render_path(raw, os.environ if env is None else env)
+    if path is None:
+        if say is not None:
+            say(f"No DuckDB file lock taken for path {raw!r}: {why}; tasks writing the same file at "
+                "once may fail with DuckDB's lock conflict")
+        return None
     if path in _NOT_FILES or path.startswith(":memory:") or ":" in path.split("/", 1)[0]:
         return None  # in-memory, or a service such as md:/motherduck:
     return Path(path).expanduser().resolve()

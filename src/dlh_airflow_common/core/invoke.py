@@ -29,6 +29,7 @@ from dlh_airflow_common.core.exceptions import (
     DbtCancelledException,
     DbtConnectionException,
     DbtDuckDBLockedException,
+    DbtProfileException,
     DbtTimeoutException,
 )
 from dlh_airflow_common.core.failure import (
@@ -38,7 +39,7 @@ from dlh_airflow_common.core.failure import (
     with_compiled_sql,
     without_compiled_paths,
 )
-from dlh_airflow_common.core.profile_setup import ProfileConfig, plain_env, resolve_profile
+from dlh_airflow_common.core.profile_setup import ProfileConfig, ResolvedProfile, plain_env, resolve_profile
 from dlh_airflow_common.core.profiles import ProfilesDir
 from dlh_airflow_common.core.runners import DbtCall, Runner, RunnerResult, SubprocessRunner
 from dlh_airflow_common.core.runtime import DbtRuntime, RunIdentity, validate_project_dir
@@ -172,7 +173,7 @@ class DbtInvoker:
         setup = resolve_profile(self.profile, self.project_dir, self.env_vars)
         secrets = setup.secrets
         self._cancelled.clear()
-        self._duckdb_file = duckdb_file(setup.output(), command.words)
+        self._duckdb_file = self._duckdb_target(setup, command)
         is_deps = command.words[:1] == ["deps"]
         runtime = DbtRuntime.create(
             self.project_dir,
@@ -278,6 +279,16 @@ class DbtInvoker:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _duckdb_target(self, setup: ResolvedProfile, command: DbtCommand) -> Path | None:
+        """The DuckDB file this command writes, from our profile or the user's profiles.yml."""
+        try:
+            output = setup.output(self.project_dir)
+        except DbtProfileException as exc:  # dbt will say it again, in its own words
+            self._say(f"No DuckDB file lock taken: {exc.message}")
+            return None
+        env = {**os.environ, **self.env_vars, **setup.secret_env}  # what dbt's env_var() sees
+        return duckdb_file(output, command.words, env, self._say)
 
     def _duckdb_writer(self, runtime: DbtRuntime) -> contextlib.AbstractContextManager[None]:
         """Wait for, then hold, the DuckDB file this command writes (a no-op for other warehouses)."""

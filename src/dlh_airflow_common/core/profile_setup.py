@@ -21,6 +21,7 @@ from dlh_airflow_common.core.profiles import (
     check_user_profiles_dir,
     render_profile,
     user_profile_with_schema,
+    user_target,
 )
 from dlh_airflow_common.core.runtime import project_profile_name
 
@@ -63,12 +64,19 @@ class ResolvedProfile:
         """Values to redact from anything logged or raised."""
         return [v for v in self.secret_env.values() if v]
 
-    def output(self) -> dict[str, Any]:
-        """The target's output block (secrets as ``env_var()`` references), or ``{}``."""
-        if self.rendered is None:
+    def output(self, project_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        """The target's output block, Jinja (``env_var()``) unrendered; ``{}`` if there is none.
+
+        For the user's own profiles dir it is read from their profiles.yml (the selected profile, or
+        the project's, and target); an unusable file raises :class:`DbtProfileException`.
+        """
+        if self.rendered is not None:
+            profile = self.rendered.document.get(self.rendered.profile_name) or {}
+            return dict((profile.get("outputs") or {}).get(self.rendered.target_name) or {})
+        if self.user_profiles_dir is None:
             return {}
-        profile = self.rendered.document.get(self.rendered.profile_name) or {}
-        return dict((profile.get("outputs") or {}).get(self.rendered.target_name) or {})
+        name = self.profile_name or project_profile_name(Path(project_dir))
+        return dict(user_target(self.user_profiles_dir, name, self.target_name)[2])
 
 
 def resolve_profile(config: ProfileConfig, project_dir: str | os.PathLike[str],

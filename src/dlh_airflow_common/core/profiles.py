@@ -176,18 +176,14 @@ def check_user_profiles_dir(profiles_dir: str | os.PathLike[str]) -> Path:
     return path.resolve()
 
 
-def user_profile_with_schema(profiles_dir: Path, profile_name: str, target_name: str | None,
-                             schema: str) -> RenderedProfile:
-    """The user's profile (Jinja left unrendered) with the target's schema replaced.
-
-    Secrets stay whatever the user's file made them (env_var() calls are kept as text); the copy is
-    written like ours: 0600 in a 0700 dir, removed after the run.
-    """
+def user_target(profiles_dir: Path, profile_name: str,
+                target_name: str | None) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """The user's profile, the target dbt will use, and its output block (Jinja left unrendered)."""
     try:
         document = yaml.safe_load((profiles_dir / "profiles.yml").read_text()) or {}
     except yaml.YAMLError as exc:
         raise DbtProfileException(f"{profiles_dir / 'profiles.yml'} is not valid YAML: {exc}") from exc
-    profile = document.get(profile_name)
+    profile = document.get(profile_name) if isinstance(document, dict) else None
     if not isinstance(profile, dict) or not isinstance(profile.get("outputs"), dict):
         raise DbtProfileException(
             f"profiles.yml in {profiles_dir} has no profile {profile_name!r} with outputs; "
@@ -200,6 +196,17 @@ def user_profile_with_schema(profiles_dir: Path, profile_name: str, target_name:
             f"profile {profile_name!r} has no target {target!r} (has: {', '.join(profile['outputs'])}); "
             "fix target"
         )
+    return profile, target, output
+
+
+def user_profile_with_schema(profiles_dir: Path, profile_name: str, target_name: str | None,
+                             schema: str) -> RenderedProfile:
+    """The user's profile (Jinja left unrendered) with the target's schema replaced.
+
+    Secrets stay whatever the user's file made them (env_var() calls are kept as text); the copy is
+    written like ours: 0600 in a 0700 dir, removed after the run.
+    """
+    profile, target, output = user_target(profiles_dir, profile_name, target_name)
     spec = ADAPTERS.get(str(output.get("type")))
     output[spec.schema_key if spec else "schema"] = schema
     return RenderedProfile(profile_name, target, {profile_name: {**profile, "target": target}}, {})

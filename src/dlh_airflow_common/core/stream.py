@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from dlh_airflow_common.core.artifacts import FAILED
 from dlh_airflow_common.core.names import safe_name
 
 NODE_RESULTS = "nodes.jsonl"
@@ -74,6 +75,48 @@ class NodeResultWriter:
                 os.write(fd, line)
             finally:
                 os.close(fd)
+
+
+class NodeTally:
+    """Which nodes are running and how the finished ones ended, from dbt's ``NodeStart``/``NodeFinished``.
+
+    The detached supervisor keeps it in its status file, so a watcher killed before dbt's own summary
+    arrives can still say what had run and what was running.
+    """
+
+    MAX_FAILURES = 20
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, None] = {}  # in start order
+        self._counts: dict[str, int] = {}
+        self._failures: list[dict[str, Any]] = []
+        self.version = 0  # bumped on every change: the writer rewrites the status only then
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        info = event.get("info") or {}
+        if info.get("name") == "NodeStart":
+            uid = ((event.get("data") or {}).get("node_info") or {}).get("unique_id")
+            if uid:
+                with self._lock:
+                    self._running[str(uid)] = None
+                    self.version += 1
+            return
+        row = node_result(event)
+        if row is None:
+            return
+        with self._lock:
+            self._running.pop(row["unique_id"], None)
+            self._counts[row["status"]] = self._counts.get(row["status"], 0) + 1
+            if row["status"] in FAILED and len(self._failures) < self.MAX_FAILURES:
+                self._failures.append({"unique_id": row["unique_id"], "status": row["status"],
+                                       "message": str(row["message"])[:500]})
+            self.version += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"running": list(self._running), "counts": dict(self._counts),
+                    "failures": list(self._failures)}
 
 
 @dataclass

@@ -97,6 +97,7 @@ class DbtOperator(BaseOperator):
         target_path: str | None = None,
         in_process: bool = False,
         cancel_grace: float = 30.0,
+        unwatched_timeout: float | timedelta | None = None,
         extra_args: Sequence[str] | str = (),
         retention_max_age: float | timedelta | None = None,
         retention_keep: int | None = None,
@@ -154,6 +155,10 @@ class DbtOperator(BaseOperator):
         self.target_path = target_path  # a caller-owned target dir shared by tasks (e.g. for --state)
         self.in_process = in_process
         self.cancel_grace = cancel_grace
+        # A deferred run no trigger has watched for this long is cancelled: Airflow < 3.3 never tells
+        # the trigger its task was killed. None: DLH_DBT_UNWATCHED_TIMEOUT / [dlh_dbt], else 180 s.
+        wait = unwatched_timeout
+        self.unwatched_timeout = wait.total_seconds() if isinstance(wait, timedelta) else wait
         # A string is a template rendered at run time (a list with render_template_as_native_obj).
         self.extra_args: Sequence[str] | str = extra_args if isinstance(extra_args, str) else list(extra_args)
         # What old run dirs, retry state and control dirs to keep (see core/retention.py).
@@ -217,7 +222,7 @@ class DbtOperator(BaseOperator):
         )
 
     def _reporter(self, context: Context, hook: DbtHook) -> Reporter:
-        output = hook.resolve_profile().output() if self.conn_id else {}
+        output = hook.resolve_profile().output(hook.dbt_project_dir) if self.conn_id else {}
         return Reporter(context["ti"], self.log, self._retry_state(context),
                         self.artifacts_destination if self.upload_artifacts else None,
                         self.artifacts_conn_id, output,
@@ -279,6 +284,7 @@ class DbtOperator(BaseOperator):
             keep_target_artifacts=self.keep_target_artifacts, target_path=self.target_path or None,
             retry_limit=self.retry_limit, retry_delay=self.transient_retry_delay,
             venv_path=self.venv_path, dbt_executable=self.dbt_executable, cancel_grace=self.cancel_grace,
+            unwatched_timeout=settings.unwatched_timeout(self.unwatched_timeout),
             stream_to=streamed.producer_dir(self._root(), context) if self.stream_nodes else None,
         )
         ctl = run.launch()

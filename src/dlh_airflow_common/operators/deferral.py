@@ -35,6 +35,7 @@ class DetachedRun:
     venv_path: str | None = None
     dbt_executable: str | None = None
     cancel_grace: float = 30.0
+    unwatched_timeout: float = 0.0  # cancel when no trigger has watched for this long (0: never)
     stream_to: Path | None = None  # a producer: its fixed control dir, where node results stream
 
     def launch(self) -> ControlDir:
@@ -51,7 +52,7 @@ class DetachedRun:
             keep_target_artifacts=self.keep_target_artifacts, target_path=self.target_path,
             retry_limit=self.retry_limit, retry_delay=self.retry_delay, env_vars=plain_env(self.env_vars),
             venv_path=self.venv_path, dbt_executable=self.dbt_executable, cancel_grace=self.cancel_grace,
-            stream_nodes=self.stream_to is not None,
+            unwatched_timeout=self.unwatched_timeout, stream_nodes=self.stream_to is not None,
         )
         return launch(spec, self.runtime_root / "deferred", profile.secret_env, path=self.stream_to)
 

@@ -14,6 +14,9 @@ SHARED_ROOT_ENV = "DLH_DBT_SHARED_RUNTIME_ROOT"
 PROJECT_DIR_ENV = "DLH_DBT_PROJECT_DIR"
 RETENTION_HOURS_ENV = "DLH_DBT_RETENTION_MAX_AGE_HOURS"
 RETENTION_KEEP_ENV = "DLH_DBT_RETENTION_KEEP"
+UNWATCHED_TIMEOUT_ENV = "DLH_DBT_UNWATCHED_TIMEOUT"
+# Long enough for a triggerer restart or the move of its triggers to another triggerer.
+DEFAULT_UNWATCHED_TIMEOUT = 180.0
 
 
 def default_deferrable() -> bool:
@@ -43,6 +46,18 @@ def retention(max_age: float | None, keep: int | None) -> Retention:
         count = os.environ.get(RETENTION_KEEP_ENV) or conf.get("dlh_dbt", "retention_keep", fallback=None)
         keep = int(count) if count else default.keep
     return Retention(max_age=max_age, keep=keep)
+
+
+def unwatched_timeout(given: float | None) -> float:
+    """Seconds a deferred run may go unwatched before it is cancelled (0: never); see core.detached.
+
+    The task's argument, else ``$DLH_DBT_UNWATCHED_TIMEOUT``, else ``[dlh_dbt] unwatched_timeout``.
+    """
+    if given is None:
+        value = (os.environ.get(UNWATCHED_TIMEOUT_ENV)
+                 or conf.get("dlh_dbt", "unwatched_timeout", fallback=None))
+        given = float(value) if value else DEFAULT_UNWATCHED_TIMEOUT
+    return max(0.0, float(given))
 
 
 def project_dir(task_id: str, given: str | None) -> str:

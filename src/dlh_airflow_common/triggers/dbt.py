@@ -18,9 +18,12 @@ from typing import Any, BinaryIO
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from dlh_airflow_common.core.detached import TERMINAL, ControlDir
+from dlh_airflow_common.core.detached import SUMMARY_PREFIX, TERMINAL, ControlDir, partial_summary
 
 STATUS_POLL_SECONDS = 0.5
+# How often the trigger stamps the control dir's ``watched`` file: the supervisor cancels a run no
+# trigger has stamped for ``unwatched_timeout`` (a killed task on Airflow < 3.3, see core.detached).
+WATCHED_STAMP_SECONDS = 5.0
 
 
 class DbtExecutionTrigger(BaseTrigger):
@@ -50,6 +53,7 @@ class DbtExecutionTrigger(BaseTrigger):
         self.visibility_timeout = visibility_timeout
         self.started_at = started_at  # when the task started (wall clock): the resumed task's duration
         self._progress_offset = 0
+        self._stamped = -WATCHED_STAMP_SECONDS
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -83,6 +87,7 @@ class DbtExecutionTrigger(BaseTrigger):
         seen: tuple[int, int, int] | None = None
         next_check = 0.0
         while True:
+            await self._still_watching()
             stamp = await asyncio.to_thread(ctl.status_stamp)
             if stamp == seen and time.monotonic() < next_check:
                 await asyncio.sleep(STATUS_POLL_SECONDS)
@@ -123,6 +128,11 @@ class DbtExecutionTrigger(BaseTrigger):
                 return
             await asyncio.sleep(STATUS_POLL_SECONDS)
 
+    async def _still_watching(self) -> None:
+        if time.monotonic() - self._stamped >= WATCHED_STAMP_SECONDS:
+            self._stamped = time.monotonic()
+            await asyncio.to_thread(self._ctl.mark_watched)
+
     async def _relay_progress(self) -> None:
         def read() -> list[str]:
             try:
@@ -159,6 +169,7 @@ class DbtExecutionTrigger(BaseTrigger):
         await asyncio.to_thread(ctl.request_cancel)
         deadline = time.monotonic() + self.cancel_grace + 15
         while time.monotonic() < deadline:
+            await self._still_watching()
             status = await asyncio.to_thread(ctl.read_status)
             await self._relay_progress()
             if status and status.get("state") in TERMINAL:
@@ -176,9 +187,10 @@ class DbtExecutionTrigger(BaseTrigger):
 
         The triggerer waits at most ``[triggerer] on_kill_timeout`` (30 s) for this, and in Airflow 3.3
         re-sends its cancel at every sync (about a second) until this returns, so this asks for the
-        cancel first, then relays dbt's last lines (the partial summary) only for as long as it is
-        let. The supervisor does the rest whatever happens: SIGINT, ``cancel_grace``, SIGKILL, its run
-        dir, and this control dir, as no task will resume.
+        cancel first, then relays dbt's last lines for as long as it is let. When dbt's own summary
+        has not come by then, it logs one from what the supervisor last recorded (nodes finished,
+        nodes running). The supervisor does the rest whatever happens: SIGINT, ``cancel_grace``,
+        SIGKILL, its run dir, and this control dir, as no task will resume.
         """
         self.log.warning("Deferred dbt task killed; asking the dbt run to cancel")
         ctl = self._ctl
@@ -186,19 +198,36 @@ class DbtExecutionTrigger(BaseTrigger):
             progress = await asyncio.to_thread(ctl.progress.open, "rb")
         except OSError:
             progress = None
+        last: dict[str, Any] = {}
+        summarised = False
+
+        def relay() -> None:
+            nonlocal summarised
+            for line in _whole_lines(progress):
+                self.log.info("%s", line)
+                summarised = summarised or line.startswith(SUMMARY_PREFIX)
+
         try:
             if progress is not None:
                 progress.seek(self._progress_offset)
+            first = await asyncio.to_thread(ctl.read_status)
+            last = first or {}
             await asyncio.to_thread(ctl.abandon)
             deadline = time.monotonic() + min(self.cancel_grace + 5, _on_kill_budget())
             while True:
                 status = await asyncio.to_thread(ctl.read_status)
-                for line in await asyncio.to_thread(_whole_lines, progress):
-                    self.log.info("%s", line)
+                last = status or last
+                relay()  # in this thread: a cancel must not leave a reader behind on the same file
                 if status is None or status.get("state") in TERMINAL or time.monotonic() > deadline:
                     return
                 await asyncio.sleep(STATUS_POLL_SECONDS)
-        finally:
+        finally:  # also when the triggerer cancels this: a few small reads, then the log lines
+            relay()
+            if not summarised and last:
+                self.log.warning("dbt's own summary has not arrived yet; what the run had reported "
+                                 "when it was killed:")
+                for line in partial_summary(last):
+                    self.log.warning("%s", line)
             if progress is not None:
                 progress.close()
 
