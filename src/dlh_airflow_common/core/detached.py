@@ -241,6 +241,9 @@ def _supervise(ctl: ControlDir) -> int:
                 beat = time.monotonic()
             if ctl.cancel_flag.exists():
                 print("Cancellation requested by the watcher", flush=True)
+                # Before dbt stops: node watchers of a streamed run must not take a node that the
+                # cancel cuts short for a node that failed, nor wait for nodes that will never come.
+                ctl.write_status(cancel_requested=time.time())
                 invoker.cancel()
                 return
 
