@@ -10,8 +10,12 @@ inherit both. Matching on that, not on the command line, sees all of them.
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from tests.pgserver import PgServer
 
 _MODULES = (b"dlh_airflow_common._dbt_entry", b"dlh_airflow_common.core.detached")
 _DBT_VARS = (b"DBT_PROJECT_DIR=", b"DBT_TARGET_PATH=", b"DBT_LOG_PATH=")
@@ -96,3 +100,29 @@ def pids_with_env(marker: str) -> list[int]:
         if needle in b"\0" + environ + b"\0":
             found.append(int(entry.name))
     return found
+
+
+def start_until_sleeping(work: Callable[[], object], pg: PgServer, sleep: str = "pg_sleep(120)",
+                         timeout: float = 60) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``work`` (a dbt run) in a thread until its ``sleep`` query shows in pg_stat_activity.
+
+    Returns the thread and the list that receives what ``work`` raised, for the caller to cancel and check.
+    """
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_for_sleep(pg, sleep, timeout)
+    return thread, errors
+
+
+def wait_for_sleep(pg: PgServer, sleep: str = "pg_sleep(120)", timeout: float = 60) -> None:
+    """Wait until exactly one query with ``sleep`` in its text runs on the server (dbt is mid-model)."""
+    pg.wait_until(f"select 1 from pg_stat_activity where query like '%{sleep}%' and pid <> pg_backend_pid()",
+                  lambda rows: len(rows) == 1, timeout=timeout)

@@ -67,3 +67,24 @@ def load_external(duckdb_path: Path) -> None:
                     "timestamp '2026-11-01 00:00:00' as loaded_at")
     finally:
         con.close()
+
+
+SLOW_SECONDS = 602  # distinct from the other smoke tests' sleeps, to tell the queries apart
+
+
+def make_slow_project(dest: Path) -> Path:
+    """A four-model PostgreSQL project (profile ``gen``) that stays mid-run in ``pg_sleep``.
+
+    fast_a -> slow (``pg_sleep``) -> slow_child; fast_b stands alone: a cancelled run has built the
+    fast models, and the slow pair are what waiting node tasks wait for.
+    """
+    models = dest / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (dest / "dbt_project.yml").write_text(yaml.safe_dump({
+        "name": "gen", "version": "1.0.0", "config-version": 2, "profile": "gen",
+        "models": {"gen": {"+materialized": "table"}}}))
+    for name, sql in {"fast_a": "select 1 as id", "fast_b": "select 2 as id",
+                      "slow": f"select pg_sleep({SLOW_SECONDS}) is null as slept, id from {{{{ ref('fast_a') }}}}",
+                      "slow_child": "select * from {{ ref('slow') }}"}.items():
+        (models / f"{name}.sql").write_text(sql + "\n")
+    return dest

@@ -7,7 +7,6 @@ import gzip
 import json
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +19,7 @@ from dlh_airflow_common.core.exceptions import DbtCancelledException
 from dlh_airflow_common.operators.dbt import DbtOperator
 from tests.conftest import _SCRATCH, CANARY, REPO
 from tests.pgserver import PgServer, free_port
-from tests.processes import dbt_processes, no_dbt_processes
+from tests.processes import dbt_processes, no_dbt_processes, start_until_sleeping, wait_for_sleep
 
 DAG_FILE = REPO / "tests" / "dags" / "dbt_operator_dags.py"
 RUNTIME = Path(os.environ["DLH_DBT_RUNTIME_ROOT"])
@@ -220,18 +219,7 @@ def _slow_op(**kw: Any) -> DbtOperator:
 
 def test_kill_sync_task_leaves_no_process_and_no_target(dags: Any, pg: PgServer) -> None:
     op = _slow_op()
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            op.execute(_context("kill_sync"))  # type: ignore[arg-type]
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    pg.wait_until("select 1 from pg_stat_activity where query like '%pg_sleep(120)%' "
-                  "and pid <> pg_backend_pid()", lambda rows: len(rows) == 1, timeout=60)
+    thread, errors = start_until_sleeping(lambda: op.execute(_context("kill_sync")), pg)  # type: ignore[arg-type]
     op.on_kill()
     thread.join(60)
     assert not thread.is_alive()
@@ -250,8 +238,7 @@ def test_kill_deferred_task_cancels_the_detached_run(dags: Any, pg: PgServer) ->
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(_context("kill_deferred"))  # type: ignore[arg-type]
     trigger = deferred.value.trigger
-    pg.wait_until("select 1 from pg_stat_activity where query like '%pg_sleep(120)%' "
-                  "and pid <> pg_backend_pid()", lambda rows: len(rows) == 1, timeout=60)
+    wait_for_sleep(pg)
     assert _dbt_processes()
     asyncio.run(trigger.on_kill())
     assert _no_dbt_processes(30)

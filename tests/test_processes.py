@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from dlh_airflow_common.core import (
@@ -14,7 +13,7 @@ from dlh_airflow_common.core import (
     SubprocessRunner,
 )
 from tests.pgserver import PgServer
-from tests.processes import dbt_processes, group_pids, no_dbt_processes
+from tests.processes import dbt_processes, group_pids, no_dbt_processes, start_until_sleeping
 
 
 def test_helper_sees_a_running_dbt_and_then_none(demo_project: Path, pg_conn: ConnectionInfo,
@@ -25,19 +24,8 @@ def test_helper_sees_a_running_dbt_and_then_none(demo_project: Path, pg_conn: Co
     assert dbt_processes(runtime_root) == []
     DbtInvoker(demo_project, ProfileConfig(connection=pg_conn), runtime_root=runtime_root).invoke(
         DbtCommand("deps"))
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            inv.invoke(DbtCommand("build", select="+slow_model", vars={"slow_seconds": 120},
-                                  exclude="test_type:data"))
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    pg.wait_until("select 1 from pg_stat_activity where query like '%pg_sleep(120)%' "
-                  "and pid <> pg_backend_pid()", lambda rows: len(rows) == 1, timeout=60)
+    thread, errors = start_until_sleeping(lambda: inv.invoke(DbtCommand(
+        "build", select="+slow_model", vars={"slow_seconds": 120}, exclude="test_type:data")), pg)
     seen = dbt_processes(runtime_root)
     pid = runner.pid
     assert pid is not None and group_pids(pid)

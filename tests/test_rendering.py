@@ -172,9 +172,8 @@ def test_bad_input_gives_one_clear_error_each(tmp_path: Path) -> None:
     from dlh_airflow_common.core.exceptions import DbtProjectException
     from dlh_airflow_common.rendering import DbtGraphError, DbtProject, dbt_dag
 
-    def render(dag_kwargs: dict[str, Any] | None = None, **kw: Any) -> None:
-        dbt_dag("bad", DbtProject(project_dir=str(PROJECT), conn_id="render_duck", **kw), schedule=None,
-                **(dag_kwargs or {}))
+    def render(**kw: Any) -> None:
+        dbt_dag("bad", DbtProject(project_dir=str(PROJECT), conn_id="render_duck", **kw), schedule=None)
 
     with pytest.raises(DbtProjectException, match="manifest_path .*does not exist; build it in CI"):
         render(manifest_path=str(tmp_path / "missing.json"))
@@ -189,8 +188,6 @@ def test_bad_input_gives_one_clear_error_each(tmp_path: Path) -> None:
                                        "b": "stg_b mart_1 int_x"})
     with pytest.raises(DbtGraphError, match=r"more than one layer: model.gen.stg_a in a and b"):
         render(shape="layers", layers={"a": "path:models", "b": "stg_a"})
-    with pytest.raises(ValueError, match="max_active_tasks=4, but the project writes to DuckDB"):
-        render(dag_kwargs={"max_active_tasks": 4})
     with pytest.raises(ValueError, match="operator_args repeats select"):
         DbtProject(project_dir=str(PROJECT), conn_id="x", operator_args={"select": "a"})
 

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,27 @@ def _wait(what: str, predicate: object, stack: AirflowStack, timeout: float, int
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{stack.report()}")
 
 
+def boot(stack: AirflowStack, meta: Callable[..., list[tuple[object, ...]]], dag_ids: Sequence[str],
+         timeout: float = 180) -> None:
+    """Migrate the metadata DB, start the four components, and wait until ``dag_ids`` are parsed."""
+    migrate = stack.cli("db", "migrate", timeout=300)
+    assert migrate.returncode == 0, f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}"
+    # The core API too: tests mark tasks and runs failed through it, as the UI does.
+    stack.start("api-server", "--apps", "core,execution", "--host", "127.0.0.1", "--port",
+                str(stack.api_port), "--workers", "1")
+    stack.start("scheduler", "--skip-serve-logs")
+    stack.start("dag-processor")
+    stack.start("triggerer", "--skip-serve-logs")
+
+    def parsed() -> bool:
+        errors = meta("select filename, stacktrace from import_error")
+        if errors:
+            pytest.fail(f"DAG import errors: {errors}\n{stack.report()}")
+        return len(meta("select 1 from serialized_dag where dag_id = any(%s)", list(dag_ids))) == len(dag_ids)
+
+    _wait(f"the DAGs {', '.join(dag_ids)} to be parsed", parsed, stack, timeout=timeout)
+
+
 @dataclass
 class Smoke:
     """The running stack and what the tests need from it."""
@@ -161,11 +182,12 @@ class Smoke:
     pg: PgServer
     duckdb: Path
     phases: list[str]
+    meta_db: str = META_DB
 
     def meta(self, sql: str, *params: object) -> list[tuple[object, ...]]:
         import psycopg2
 
-        conn = psycopg2.connect(self.pg.dsn(META_DB))
+        conn = psycopg2.connect(self.pg.dsn(self.meta_db))
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
@@ -266,24 +288,7 @@ def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
     deps_thread = threading.Thread(target=deps, daemon=True)
     deps_thread.start()
     try:
-        migrate = stack.cli("db", "migrate", timeout=300)
-        assert migrate.returncode == 0, f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}"
-        phase("migrated")
-        # The core API too: the kill test marks tasks failed through it, as the UI does.
-        stack.start("api-server", "--apps", "core,execution", "--host", "127.0.0.1", "--port",
-                    str(stack.api_port), "--workers", "1")
-        stack.start("scheduler", "--skip-serve-logs")
-        stack.start("dag-processor")
-        stack.start("triggerer", "--skip-serve-logs")
-
-        def parsed() -> bool:
-            errors = smoke.meta("select filename, stacktrace from import_error")
-            if errors:
-                pytest.fail(f"DAG import errors: {errors}\n{stack.report()}")
-            return len(smoke.meta("select 1 from serialized_dag where dag_id in (%s, %s)", DAG_ID,
-                                  KILL_DAG_ID)) == 2
-
-        _wait("the DAGs to be parsed", parsed, stack, timeout=120)
+        boot(stack, smoke.meta, (DAG_ID, KILL_DAG_ID))
         phase("parsed")
         deps_thread.join(timeout=120)
         assert not deps_thread.is_alive(), "dbt deps did not finish"

@@ -135,3 +135,40 @@ def test_trigger_when_the_producer_ends_without_the_node_or_dies(tmp_path: Path)
     path = _control_dir(tmp_path / "dead", state="running", heartbeat=time.time() - 600, results=[])
     dead = _first_event(tmp_path / "dead", unique_id="model.p.x", heartbeat_timeout=5)
     assert dead["outcome"] == "failed" and str(path / "progress.log") in dead["message"]
+
+
+def test_trigger_fails_promptly_when_the_producer_is_cancelled(tmp_path: Path) -> None:
+    """A cancel is marked before dbt stops; a killed producer's dir vanishes: no wait for a heartbeat."""
+    import asyncio
+    import shutil
+
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+
+    now = time.time()
+    path = _control_dir(tmp_path / "asked", state="running", heartbeat=now, results=[
+        _row("model.p.cut", "error", "server closed the connection unexpectedly")])
+    status = json.loads((path / "status.json").read_text())
+    (path / "status.json").write_text(json.dumps({**status, "cancel_requested": now}))
+    waiting = _first_event(tmp_path / "asked", unique_id="model.p.x")
+    assert waiting["outcome"] == "failed" and "cancelled before it built model.p.x" in waiting["message"]
+    cut = _first_event(tmp_path / "asked", unique_id="model.p.cut")  # not the node's own failure
+    assert cut["outcome"] == "failed" and "cancelled while building model.p.cut" in cut["message"]
+
+    path = _control_dir(tmp_path / "killed", state="running", heartbeat=now, results=[])
+    trigger = DbtNodeTrigger(unique_id="model.p.x", runtime_root=str(tmp_path / "killed"), end_task=False,
+                             dag_id="d", run_id="r", try_number=1, poll_interval=0.05)
+
+    async def first_after_removal() -> tuple[dict[str, Any], float]:
+        async def remove() -> float:
+            await asyncio.sleep(0.3)  # the trigger has seen the dir by now
+            shutil.rmtree(path)
+            return time.monotonic()
+
+        removal = asyncio.create_task(remove())
+        async for event in trigger.run():
+            return dict(event.payload), time.monotonic() - await removal
+        raise AssertionError("no event")
+
+    gone, after = asyncio.run(asyncio.wait_for(first_after_removal(), 30))
+    assert gone["outcome"] == "failed" and "cancelled before it built" in gone["message"]
+    assert after < 10, after  # not the 120 s heartbeat timeout

@@ -298,6 +298,9 @@ def _supervise(ctl: ControlDir) -> int:
                 ctl.write_status(nodes=tally.snapshot())
             if ctl.cancel_flag.exists():
                 print("Cancellation requested by the watcher", flush=True)
+                # Before dbt stops: node watchers of a streamed run must not take a node that the
+                # cancel cuts short for a node that failed, nor wait for nodes that will never come.
+                ctl.write_status(cancel_requested=time.time())
                 invoker.cancel()
                 return
             unwatched = ctl.unwatched_for() if spec.unwatched_timeout > 0 else None

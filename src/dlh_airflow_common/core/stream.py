@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,6 +127,15 @@ class StreamState:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     status: dict[str, Any] | None = None
     seen: bool = False  # the producer's control dir has ever been visible
+    # The control dir vanished after it was seen: a killed producer's supervisor removes it as it exits,
+    # often before a watcher has read its last status.
+    gone: bool = False
+
+    @property
+    def cancelled(self) -> bool:
+        """The producer run was cancelled, is being cancelled, or was removed: no more nodes will come."""
+        status = self.status or {}
+        return self.gone or status.get("state") == "cancelled" or bool(status.get("cancel_requested"))
 
 
 class NodeChannel(Protocol):
@@ -138,19 +148,25 @@ class NodeChannel(Protocol):
 class ControlDirChannel:
     """Tails ``nodes.jsonl`` and reads ``status.json`` of a control dir on the shared runtime root."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, gone_after: float = 2.0) -> None:
         self.path = path
+        self.gone_after = gone_after  # a new try of the producer replaces the dir: not gone at once
         self._offset = 0
         self._launch: object = None
+        self._missing_since: float | None = None
 
     def poll(self, state: StreamState) -> bool:
-        try:
-            status = json.loads((self.path / "status.json").read_text())
-        except (OSError, ValueError):
-            status = None
+        status = self._status()
         changed = False
+        if status is None and state.seen and not self.path.exists():
+            now = time.monotonic()
+            self._missing_since = self._missing_since or now
+            if not state.gone and now - self._missing_since >= self.gone_after:
+                state.gone = changed = True
+            return changed
+        self._missing_since = None
         if isinstance(status, dict):
-            state.seen = True
+            state.seen, state.gone = True, False
             if status.get("launched") != self._launch:  # a new try of the producer: start over
                 self._launch, self._offset = status.get("launched"), 0
                 state.results.clear()
@@ -172,4 +188,17 @@ class ControlDirChannel:
                 continue
             state.results[str(row.get("unique_id"))] = row
             changed = True
+        if end:
+            # A cancel is marked in the status before dbt stops, so a node it cut short is written after
+            # it: read the status again, or that node's error could pass for the node's own failure.
+            again = self._status()
+            if isinstance(again, dict) and again.get("launched") == self._launch:
+                state.status = again
         return changed
+
+    def _status(self) -> dict[str, Any] | None:
+        try:
+            status = json.loads((self.path / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return status if isinstance(status, dict) else None

@@ -35,7 +35,8 @@ from dlh_airflow_common.rendering.tasks import (
 Shape = Literal["single", "layers", "nodes"]
 SHAPES = ("single", "layers", "nodes")
 _DUCKDB_NOTE = ("DuckDB allows one writing process per database file, so this DAG runs one dbt task at a "
-                "time (max_active_tasks=1); parallel tasks on one DuckDB file would fail on its lock.")
+                "time by default (max_active_tasks=1). With more, tasks on one DuckDB file still never fail "
+                "on its lock: each waits for the file, holding its worker slot, and logs for whom.")
 # DbtOperator arguments the project sets itself; operator_args must not repeat them.
 _OWN_ARGS = {"command", "dbt_command", "select", "dbt_models", "exclude", "selector", "dbt_project_dir",
              "conn_id", "profiles_dir", "target", "profile_name", "vars", "runtime_root", "venv_path",
@@ -121,11 +122,9 @@ def dbt_dag(dag_id: str, project: DbtProject, **dag_kwargs: Any) -> DAG:
     """A DAG holding only the project's tasks; ``dag_kwargs`` go to ``DAG`` (schedule, start_date, ...)."""
     loaded = None if project.shape == "single" else load_graph(project.source())
     if loaded is not None and loaded.graph.adapter_type == "duckdb":
-        wanted = dag_kwargs.setdefault("max_active_tasks", 1)
-        if wanted != 1:
-            raise ValueError(f"{dag_id}: max_active_tasks={wanted}, but the project writes to DuckDB, which "
-                             "allows one writing process per file: tasks would fail on its lock. Leave "
-                             "max_active_tasks unset (1) or use shape='single'.")
+        # One writer per file: Airflow serialises the tasks. A user's max_active_tasks wins: the core's
+        # DuckDB lock makes tasks on one file take turns (a wait that runs out names the holder).
+        dag_kwargs.setdefault("max_active_tasks", 1)
     dag_kwargs.setdefault("doc_md",
                           f"dbt project `{Path(project.project_dir).name}`, shape `{project.shape}`")
     with DAG(dag_id, **dag_kwargs) as dag:

@@ -143,11 +143,13 @@ class DbtNodeTrigger(BaseTrigger):
         node = state.results.get(self.unique_id)
         tests = [state.results[t] for t in self.tests if t in state.results]
         if node is not None and (len(tests) == len(self.tests) or finished):
+            if state.cancelled and node["status"] not in GOOD and node["status"] != "skipped":
+                self._log_result(node)  # dbt's error here is the cancel's doing, not the node's
+                return self._cancelled("while building")
             return self._outcome(node, tests)
+        if state.cancelled:
+            return self._cancelled("before it built")
         if finished:
-            if status.get("state") == "cancelled":
-                return self._end("failed", f"The producer run was cancelled before {self.unique_id} was "
-                                 f"built; see the log of task {self.producer_task_id}")
             return self._resume("run_itself", f"{self.unique_id} was not built by the producer run "
                                 "(not selected there): this task builds it itself")
         if not state.seen:
@@ -161,6 +163,10 @@ class DbtNodeTrigger(BaseTrigger):
                              f"{status.get('pid')}); its log: task {self.producer_task_id}, and "
                              f"{path / 'progress.log'}")
         return None
+
+    def _cancelled(self, when: str) -> TriggerEvent:
+        return self._end("failed", f"The producer run was cancelled {when} {self.unique_id} (its task was "
+                         f"killed, marked failed or timed out); see the log of task {self.producer_task_id}")
 
     def _outcome(self, node: dict[str, Any], tests: list[dict[str, Any]]) -> TriggerEvent:
         self._log_result(node)
