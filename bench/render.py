@@ -1,6 +1,8 @@
 """Benchmark importing a DAG file that renders a dbt manifest: bare floor vs ours (warm cache) vs Cosmos.
 
-Run by hand: ``.venv/bin/python bench/render.py [--quick] [--sizes 100 500 5000] [--rounds N]``.
+Run by hand: ``.venv/bin/python bench/render.py [--quick] [--sizes 100 500 5000] [--rounds N]
+[--cosmos-python PATH]`` (``--cosmos-python`` or ``DLH_BENCH_COSMOS_PYTHON``: an existing venv's python
+with Cosmos 1.15 and our Airflow, used as it is instead of building one).
 
 For each size a synthetic manifest and project (``genmanifest``) are written under ``bench/out/render``;
 three DAG files import them, each in a fresh subprocess that has already imported ``airflow.sdk`` and
@@ -158,6 +160,18 @@ def cosmos_python() -> Path:
     return python
 
 
+def check_cosmos(python: Path) -> None:
+    """A given Cosmos venv must hold the versions the goals are stated for."""
+    probe = "import airflow, cosmos; print(cosmos.__version__, airflow.__version__)"
+    out = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
+    versions = out.stdout.split()
+    want = [spec.split("==")[1].rstrip(".*") for spec in COSMOS_SPEC]
+    if out.returncode != 0 or len(versions) != 2 or not all(
+            v.startswith(w) for v, w in zip(versions, want, strict=True)):
+        raise SystemExit(f"{python} has no Cosmos {want[0]}.x with Airflow {want[1]}: {out.stdout}{out.stderr}")
+    print(f"cosmos {versions[0]}, airflow {versions[1]} from {python}", flush=True)
+
+
 def prepare(models: int) -> dict[str, Path]:
     """The manifest, project and the three DAG files for one size (generated once)."""
     dest = OUT / f"n{models}"
@@ -266,10 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 5000])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 and 1000 models, 2 rounds")
+    parser.add_argument("--cosmos-python", default=os.environ.get("DLH_BENCH_COSMOS_PYTHON"),
+                        help="python of an existing venv with Cosmos 1.15 and our Airflow (else one is built)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.rounds = [100, 1000], 2
-    pythons = {"floor": Path(sys.executable), "ours": Path(sys.executable), "cosmos": cosmos_python()}
+    cosmos = Path(args.cosmos_python) if args.cosmos_python else cosmos_python()
+    check_cosmos(cosmos)
+    pythons = {"floor": Path(sys.executable), "ours": Path(sys.executable), "cosmos": cosmos}
     started = time.perf_counter()
     results = {n: measure(n, args.rounds, pythons) for n in sorted(args.sizes)}
     print("\n" + "\n".join(tables(results)))

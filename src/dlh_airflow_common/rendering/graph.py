@@ -4,9 +4,15 @@ Built from ``manifest.json`` plus the unique ids dbt itself selected (``dbt ls``
 grammar of ours. What becomes a task:
 
 - models (except ephemeral ones, which fold into their children), seeds and snapshots: one task each;
-- a test whose only parent is one such node runs inside that node's task (``dbt build`` of the node
-  with cautious indirect selection); any other test (several parents, e.g. ``relationships``, or a
-  source) gets a task of its own after all of its parents;
+- a test runs inside the task of its *last parent* when it has one: a parent node with a task of which
+  every other parent (sources aside) is an ancestor. That task runs ``dbt build --select <node>
+  --indirect-selection buildable``, and dbt's ``buildable`` rule picks exactly these tests: those
+  whose parents are all the node, its ancestors or sources. So a one-parent test, and a
+  ``relationships`` test to a model upstream of its own, fail the node's task; the choice is dbt's
+  grammar, and this module only mirrors it to show the tests in the task doc and to give none of them
+  a second task;
+- any other test (parents on separate branches, e.g. ``relationships`` between two staging models,
+  or a test of a source) gets a task of its own after all of its parents;
 - sources with a freshness rule, when asked for: a ``source freshness`` task before their readers.
 
 Edges pass through nodes that are not tasks (ephemeral or unselected), so the order is dbt's.
@@ -22,7 +28,7 @@ from typing import Any
 from dlh_airflow_common.core.exceptions import DbtProjectException
 
 TASK_TYPES = ("model", "seed", "snapshot")
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: tests attached to their last parent (buildable)
 
 
 class DbtGraphError(DbtProjectException):
@@ -143,8 +149,9 @@ def build_graph(manifest: Mapping[str, Any], selected: Iterable[str] | None = No
         if node is None or node.get("resource_type") != "test":
             continue
         parents = list(dict.fromkeys(_parents(node)))
-        if len(parents) == 1 and parents[0] in out:
-            out[parents[0]].tests.append(uid)  # runs in its parent's `dbt build`
+        home = _last_parent(parents, out, nodes, sources)
+        if home is not None:
+            out[home].tests.append(uid)  # runs in its last parent's `dbt build` (buildable)
             continue
         test_ups: set[str] = set()
         test_srcs: set[str] = set()
@@ -173,6 +180,35 @@ def build_graph(manifest: Mapping[str, Any], selected: Iterable[str] | None = No
         raise DbtGraphError(f"dbt selected nodes the manifest does not have: {', '.join(unknown[:10])}; "
                             "the manifest is older than the project: rebuild it (dbt parse)")
     return graph
+
+
+def _last_parent(parents: list[str], out: Mapping[str, GraphNode], nodes: Mapping[str, Any],
+                 sources: Mapping[str, Any]) -> str | None:
+    """The parent task whose ``dbt build --indirect-selection buildable`` runs this test, if any.
+
+    dbt's rule (``buildable``): a test of a selected node is built when each of its parents is
+    selected, an ancestor of a selected node, or a source. With one node selected, that is the parent
+    of which every other parent is an ancestor in the whole manifest (unselected and ephemeral nodes
+    included).
+    """
+    others = [p for p in parents if p not in sources]
+    for candidate in others:
+        if candidate in out and _all_ancestors(candidate, {p for p in others if p != candidate}, nodes):
+            return candidate
+    return None
+
+
+def _all_ancestors(node: str, wanted: set[str], nodes: Mapping[str, Any]) -> bool:
+    """Whether every id in ``wanted`` is upstream of ``node`` (a walk that stops once all are seen)."""
+    seen: set[str] = set()
+    stack = [node]
+    while wanted and stack:
+        for parent in _parents(nodes.get(stack.pop()) or {}):
+            if parent not in seen:
+                seen.add(parent)
+                wanted.discard(parent)
+                stack.append(parent)
+    return not wanted
 
 
 def _is_task_node(node: Mapping[str, Any]) -> bool:
@@ -215,7 +251,7 @@ class Layer:
 
     name: str
     selector: str
-    members: list[str]  # unique ids of models/seeds/snapshots (their one-parent tests run with them)
+    members: list[str]  # unique ids of models/seeds/snapshots (their attached tests run with them)
     tests: list[str]  # standalone tests whose last parent is built here
     upstream: list[str]  # names of layers (and unique ids of freshness tasks) this one waits for
 

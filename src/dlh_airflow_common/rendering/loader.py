@@ -29,7 +29,7 @@ from dlh_airflow_common.rendering.graph import DbtGraph, DbtGraphError, build_gr
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "2"  # 2: the graph is a nested object with nodes as rows
+CACHE_VERSION = "3"  # 2: the graph is a nested object with nodes as rows; 3: tests attached by buildable
 # Never part of the project's identity: what dbt writes, and version-control noise.
 _SKIP_DIRS = {"target", "logs", "dbt_packages", "dbt_modules", ".git", "__pycache__", "node_modules", ".venv"}
 

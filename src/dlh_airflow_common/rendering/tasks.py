@@ -21,8 +21,9 @@ from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.rendering.graph import DbtGraph, GraphNode, Layer
 
 MAX_TASK_ID = 200
-# Node tasks build exactly their node: tests run with it only when it is their one parent.
-NODE_ARGS = ["--indirect-selection", "cautious"]
+# Node (and layer) tasks build exactly their nodes, with the tests dbt's `buildable` rule attaches to
+# them: those whose other parents are all upstream (see graph.py, which mirrors the rule).
+NODE_ARGS = ["--indirect-selection", "buildable"]
 _COMMANDS = {"model": "build", "seed": "build", "snapshot": "build", "test": "test",
              "source": "source freshness"}
 
@@ -100,7 +101,8 @@ def node_doc(node: GraphNode, command: str, extra: str = "") -> str:
 def layer_doc(layer: Layer, graph: DbtGraph, extra: str = "") -> str:
     tests = ", ".join(f"`{graph.nodes[t].name}`" for t in layer.tests) or "none"
     lines = [f"**dbt layer** `{layer.name}`: `{layer.selector}`", "",
-             f"- {len(layer.members)} node(s), built with `dbt build` (one-parent tests run with their node)",
+             f"- {len(layer.members)} node(s), built with `dbt build` (tests whose other parents are "
+             "upstream run with their last parent)",
              f"- tests across layers run here (their last parent is in this layer): {tests}"]
     if extra:
         lines += ["", extra]
