@@ -168,7 +168,8 @@ def check_cosmos(python: Path) -> None:
     want = [spec.split("==")[1].rstrip(".*") for spec in COSMOS_SPEC]
     if out.returncode != 0 or len(versions) != 2 or not all(
             v.startswith(w) for v, w in zip(versions, want, strict=True)):
-        raise SystemExit(f"{python} has no Cosmos {want[0]}.x with Airflow {want[1]}: {out.stdout}{out.stderr}")
+        raise SystemExit(f"{python} has no Cosmos {want[0]}.x with Airflow {want[1]}: "
+                         f"{out.stdout}{out.stderr}")
     print(f"cosmos {versions[0]}, airflow {versions[1]} from {python}", flush=True)
 
 
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 and 1000 models, 2 rounds")
     parser.add_argument("--cosmos-python", default=os.environ.get("DLH_BENCH_COSMOS_PYTHON"),
-                        help="python of an existing venv with Cosmos 1.15 and our Airflow (else one is built)")
+                        help="python of an existing venv with Cosmos 1.15 and our Airflow (else built)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.rounds = [100, 1000], 2
