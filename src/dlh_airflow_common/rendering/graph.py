@@ -20,22 +20,26 @@ Edges pass through nodes that are not tasks (ephemeral or unselected), so the or
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from dlh_airflow_common.core.exceptions import DbtProjectException
+from dlh_airflow_common.core.names import safe_name
 
 TASK_TYPES = ("model", "seed", "snapshot")
-FORMAT_VERSION = 3  # 3: tests attached to their last parent (buildable)
+FORMAT_VERSION = 3  # 3: tests attached to their last parent (buildable), task ids, no list of selected ids
+MAX_TASK_ID = 200
 
 
 class DbtGraphError(DbtProjectException):
     """The selection or layer layout cannot become a DAG; the message names the nodes."""
 
 
-@dataclass
+@dataclass(slots=True)
 class GraphNode:
     """One task-to-be: a node (model/seed/snapshot), a standalone test, or a source's freshness."""
 
@@ -50,6 +54,7 @@ class GraphNode:
     tests: list[str] = field(default_factory=list)  # unique ids of tests run with this node
     sources: list[str] = field(default_factory=list)  # sources this node reads (through ephemerals)
     version: str | None = None
+    task_id: str = ""  # the Airflow task id (see assign_task_ids), cached with the graph
 
 
 _FIELDS = tuple(f.name for f in fields(GraphNode))
@@ -62,14 +67,13 @@ class DbtGraph:
     project_name: str
     adapter_type: str
     nodes: dict[str, GraphNode]
-    selected: list[str]  # every unique id dbt selected (tests and sources included)
 
     # -- cache form -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Nodes as rows in ``GraphNode`` field order: a DAG file parses this on every import, and rows
         parse faster and peak smaller than one JSON object per node."""
         return {"format": FORMAT_VERSION, "project_name": self.project_name,
-                "adapter_type": self.adapter_type, "selected": self.selected, "fields": list(_FIELDS),
+                "adapter_type": self.adapter_type, "fields": list(_FIELDS),
                 "nodes": [[getattr(n, f) for f in _FIELDS] for n in self.nodes.values()]}
 
     @classmethod
@@ -77,8 +81,7 @@ class DbtGraph:
         if data.get("format") != FORMAT_VERSION or data.get("fields") != list(_FIELDS):
             raise ValueError("cached graph of another format")
         nodes = [GraphNode(*row) for row in data["nodes"]]
-        return cls(data["project_name"], data["adapter_type"], {n.unique_id: n for n in nodes},
-                   list(data["selected"]))
+        return cls(data["project_name"], data["adapter_type"], {n.unique_id: n for n in nodes})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -171,10 +174,11 @@ def build_graph(manifest: Mapping[str, Any], selected: Iterable[str] | None = No
         )
     if source_freshness:
         _add_freshness(out, sources)
+    assign_task_ids(out.values())
     graph = DbtGraph(
         project_name=str((manifest.get("metadata") or {}).get("project_name") or ""),
         adapter_type=str((manifest.get("metadata") or {}).get("adapter_type") or ""),
-        nodes=out, selected=[u for u in chosen if u not in unknown],
+        nodes=out,
     )
     if unknown and selected is not None:
         raise DbtGraphError(f"dbt selected nodes the manifest does not have: {', '.join(unknown[:10])}; "
@@ -209,6 +213,34 @@ def _all_ancestors(node: str, wanted: set[str], nodes: Mapping[str, Any]) -> boo
                 wanted.discard(parent)
                 stack.append(parent)
     return not wanted
+
+
+def assign_task_ids(nodes: Iterable[GraphNode]) -> None:
+    """Readable, stable ids: ``<resource>.<name>``, with the package only where names collide.
+
+    Set once when the graph is built, so a cached render does not recompute them for every node."""
+    def short(node: GraphNode) -> str:
+        return f"{node.name}.v{node.version}" if node.version else node.name
+
+    listed = list(nodes)
+    counts = Counter((n.resource_type, short(n)) for n in listed)
+    for node in listed:
+        parts = [node.resource_type, short(node)]
+        if counts[(node.resource_type, short(node))] > 1:
+            parts.insert(1, node.package)
+        node.task_id = _task_id(".".join(parts))
+    clashes = Counter(n.task_id for n in listed)
+    for node in listed:
+        if clashes[node.task_id] > 1:  # same package and name (truncated test names): the id's hash decides
+            node.task_id = _task_id(f"{node.task_id}.{node.unique_id.rsplit('.', 1)[-1]}")
+
+
+def _task_id(text: str) -> str:
+    text = safe_name(text, keep=".")
+    if len(text) <= MAX_TASK_ID:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{text[:MAX_TASK_ID - 11]}_{digest}"
 
 
 def _is_task_node(node: Mapping[str, Any]) -> bool:
