@@ -14,6 +14,10 @@ the serializer (what a DAG processor holds), so the time is the DAG file's own i
 - cosmos: ``DbtDag`` with ``LoadMode.DBT_MANIFEST`` (Cosmos 1.15), run in a throwaway venv that this
   script builds under ``bench/out/`` with our Airflow pinned, so Cosmos never becomes our dependency.
 
+Peak RSS, the measure of the RSS goal, is the whole child process's ``ru_maxrss`` after the import:
+Python with Airflow's SDK and serializer imported (the DAG processor's own floor) plus what the DAG
+file adds. The "added" columns subtract the peak before the import: what the DAG file itself costs.
+
 Contenders alternate within each round (order reversed every other round); medians and minimums are
 reported. Goals (issue 9) at the largest size: ours <= 1.5x floor, <= 1/3 of Cosmos time, peak RSS <=
 1/2 of Cosmos. Exits 1 when a goal is missed (2 when a DAG does not render every model); the last
