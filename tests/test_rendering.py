@@ -304,6 +304,41 @@ def test_a_test_attaches_to_its_last_parent_only_when_its_other_parents_are_upst
     assert list(selected.nodes) == ["model.p.d"] and selected.nodes["model.p.d"].tests == ["test.p.rel_d_a"]
 
 
+def test_gc_is_paused_only_inside_a_render_and_comes_back_after_errors_and_nesting(tmp_path: Path) -> None:
+    import gc
+
+    from dlh_airflow_common.rendering import DbtProject, dbt_dag
+    from dlh_airflow_common.rendering.loader import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():  # a render inside a render (a task group built while another pauses)
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner one leaves it to the outer
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("a render that fails")
+    assert gc.isenabled()
+
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(_synthetic_manifest(50)))
+    project = tmp_path / "big"
+    project.mkdir()
+    (project / "dbt_project.yml").write_text("name: big\nprofile: big\nconfig-version: 2\n")
+    for _ in range(2):  # a cache miss, then a hit (the cached load pauses too)
+        dag = dbt_dag("gc", DbtProject(project_dir=str(project), conn_id="unused", manifest_path=str(path),
+                                       runtime_root=str(tmp_path / "rt")), schedule=None)
+        assert len(dag.tasks) == 50 and gc.isenabled()
+    gc.disable()
+    try:  # a caller that had it off keeps it off
+        dbt_dag("gc_off", DbtProject(project_dir=str(project), conn_id="unused", manifest_path=str(path),
+                                     runtime_root=str(tmp_path / "rt")), schedule=None)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_graph_cache_is_keyed_by_project_content(tmp_path: Path) -> None:
     from dlh_airflow_common.rendering.loader import project_fingerprint
 
