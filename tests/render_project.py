@@ -2,7 +2,9 @@
 
 source raw.ext_events (loaded outside dbt, with a freshness rule) -> stg_events
 seed raw_events -> stg_a -> int_eph (ephemeral) -> int_x <- stg_b
-int_x -> mart_1; stg_b -> mart_2; relationships(mart_2.id -> stg_a.id) has two parents
+int_x -> mart_1; stg_b -> mart_2; relationships(mart_2.id -> stg_a.id) has two parents on separate
+branches; relationships(mart_1.id -> stg_a.id) has two parents, stg_a upstream of mart_1 (through the
+ephemeral int_eph), and fails when var rel_fail is true
 stg_b -> boom (fails when var boom is true) -> boom_child; stg_b -> flaky (fails until a file exists)
 disabled_model is disabled. Every model has a one-parent not_null test on id.
 """
@@ -19,7 +21,8 @@ MODELS = {
     "staging/stg_b.sql": "select id * 10 as id, kind from {{ ref('raw_events') }}",
     "intermediate/int_eph.sql": "{{ config(materialized='ephemeral') }}\nselect id from {{ ref('stg_a') }}",
     "intermediate/int_x.sql": "select e.id from {{ ref('int_eph') }} e join {{ ref('stg_b') }} b on b.id = e.id * 10",
-    "marts/mart_1.sql": "select count(*) as id from {{ ref('int_x') }}",
+    "marts/mart_1.sql": ("select count(*){% if var('rel_fail', false) %} + 100{% endif %} as id "
+                         "from {{ ref('int_x') }}"),
     "marts/mart_2.sql": "select id / 10 as id from {{ ref('stg_b') }}",
     "marts/boom.sql": "select id from {{ ref('stg_b') }}\n{% if var('boom', false) %}join no_such_table on true{% endif %}",
     "marts/boom_child.sql": "select id from {{ ref('boom') }}",
@@ -52,6 +55,9 @@ def make_render_project(dest: Path) -> Path:
                     "tables": [{"name": "ext_events"}]}]}
     mart_2 = next(m for m in schema["models"] if m["name"] == "mart_2")  # type: ignore[index]
     mart_2["columns"][0]["data_tests"].append(  # type: ignore[index]
+        {"relationships": {"to": "ref('stg_a')", "field": "id"}})
+    mart_1 = next(m for m in schema["models"] if m["name"] == "mart_1")  # type: ignore[index]
+    mart_1["columns"][0]["data_tests"].append(  # type: ignore[index]
         {"relationships": {"to": "ref('stg_a')", "field": "id"}})
     (dest / "models" / "schema.yml").write_text(yaml.safe_dump(schema, sort_keys=False))
     return dest

@@ -47,7 +47,7 @@ def test_run_dirs_retry_state_and_task_ids_sanitise_names_the_same_way() -> None
     from dlh_airflow_common.core.names import safe_name
     from dlh_airflow_common.core.stream import stream_dir
     from dlh_airflow_common.operators.retry_state import RetryState
-    from dlh_airflow_common.rendering import tasks
+    from dlh_airflow_common.rendering import graph
 
     weird = "a b:+c..d/é"
     assert safe_name(weird) == "a_b__c__d__"
@@ -56,7 +56,7 @@ def test_run_dirs_retry_state_and_task_ids_sanitise_names_the_same_way() -> None
     assert ident.startswith(f"run_20260101_000000_{safe_name(weird)}_{safe_name(weird)}_try1_")
     ti = SimpleNamespace(dag_id="d", task_id="t", run_id=weird)
     assert RetryState.for_task(Path("/r"), ti).path.name == safe_name(weird)
-    assert tasks._task_id(weird) == safe_name(weird, keep=".")
+    assert graph._task_id(weird) == safe_name(weird, keep=".")
     assert stream_dir(Path("/r"), weird, weird) == Path("/r/streams") / safe_name(weird) / safe_name(weird)
 
 

@@ -24,7 +24,8 @@ MODEL_EDGES = {
     ("model.int_x", "model.mart_1"), ("model.stg_b", "model.mart_2"), ("model.stg_b", "model.boom"),
     ("model.boom", "model.boom_child"), ("model.stg_b", "model.flaky"),
 }
-RELATIONSHIPS = "test.relationships_mart_2_id__id__ref_stg_a_"
+RELATIONSHIPS = "test.relationships_mart_2_id__id__ref_stg_a_"  # parents on separate branches: own task
+ATTACHED = "relationships_mart_1_id__id__ref_stg_a_"  # stg_a is upstream of mart_1: runs in mart_1's task
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +58,11 @@ def test_nodes_shape_has_a_task_per_node_with_the_manifests_edges(bag: Any) -> N
     }
     mart = dag.task_dict["model.mart_2"]
     assert mart.select == ["fqn:gen.marts.mart_2"] and mart.command == "build"
-    assert mart.extra_args == ["--indirect-selection", "cautious"]
+    assert mart.extra_args == ["--indirect-selection", "buildable"]
     assert "`model.gen.mart_2`" in mart.doc_md and "models/marts/mart_2.sql" in mart.doc_md
     assert "materialization: `table`" in mart.doc_md and "not_null_mart_2_id" in mart.doc_md
+    assert ATTACHED not in mart.doc_md and ATTACHED in dag.task_dict["model.mart_1"].doc_md
+    assert not any(ATTACHED in t for t in ids)  # attached, not a task of its own
     assert dag.task_dict[RELATIONSHIPS].command == "test"
     assert dag.task_dict["source.raw.ext_events"].command == "source freshness"
     assert dag.max_active_tasks == 1 and "DuckDB" in mart.doc_md
@@ -72,6 +75,43 @@ def test_nodes_dag_run_builds_every_node_and_its_tests(bag: Any) -> None:
     ran = {r["unique_id"] for r in json.loads((runs[-1] / "target" / "run_results.json").read_text())["results"]}
     # the node and its one-parent test; the relationships test waits for its other parent
     assert ran == {"model.gen.mart_2", next(u for u in ran if u.startswith("test.gen.not_null_mart_2_id"))}
+    runs = sorted(RUNTIME.glob("runs/run_*_render_nodes_model_mart_1_try1_*"))
+    ran = {r["unique_id"] for r in json.loads((runs[-1] / "target" / "run_results.json").read_text())["results"]}
+    # stg_a is upstream of mart_1: dbt's buildable rule runs that relationships test in mart_1's task
+    assert {u.split(".")[-2] if u.startswith("test.") else u for u in ran} == {
+        "model.gen.mart_1", "not_null_mart_1_id", ATTACHED}
+
+
+def test_a_failing_attached_relationships_test_fails_its_last_parents_task(bag: Any) -> None:
+    dag = bag.get_dag("render_nodes_rel_fail")
+    assert set(dag.task_dict) == {"seed.raw_events", "model.stg_a", "model.stg_b", "model.int_x",
+                                  "model.mart_1"}
+    dr = dag.test()
+    states = _states(dr)
+    assert dr.state == "failed" and states.pop("model.mart_1") == "failed", states
+    assert set(states.values()) == {"success"}, states
+    runs = sorted(RUNTIME.glob("runs/run_*_render_nodes_rel_fail_model_mart_1_try1_*"))
+    results = json.loads((runs[-1] / "target" / "run_results.json").read_text())["results"]
+    status = {r["unique_id"].split(".")[-2] if r["unique_id"].startswith("test.") else r["unique_id"]:
+              r["status"] for r in results}
+    assert status == {"model.gen.mart_1": "success", "not_null_mart_1_id": "pass", ATTACHED: "fail"}
+
+
+def test_tests_attached_to_a_node_task_are_the_ones_dbt_builds_with_it(bag: Any) -> None:
+    """graph.py mirrors dbt's `buildable` rule; dbt itself lists what each node task's command builds."""
+    from dlh_airflow_common.hooks.dbt import DbtHook
+    from dlh_airflow_common.rendering import DbtProject
+    from dlh_airflow_common.rendering.loader import load_graph
+
+    graph = load_graph(DbtProject(project_dir=str(PROJECT), conn_id="render_duck",
+                                  source_freshness=True).source()).graph
+    hook = DbtHook(PROJECT, conn_id="render_duck")
+    for uid in ("model.gen.mart_1", "model.gen.mart_2", "model.gen.stg_a"):
+        node = graph.nodes[uid]
+        listed = hook.list_nodes([node.selector], extra_args=["--indirect-selection", "buildable",
+                                                              "--resource-type", "test"])
+        assert sorted(listed) == sorted(node.tests), uid
+    assert any(ATTACHED in t for t in graph.nodes["model.gen.mart_1"].tests)
 
 
 def test_a_failing_model_fails_its_task_and_its_downstream_ends_upstream_failed(bag: Any) -> None:
@@ -227,6 +267,73 @@ def test_wiring_2000_nodes_survives_serialization(tmp_path: Path) -> None:
     restored = DagSerialization.from_dict(DagSerialization.to_dict(dag))
     assert _edges(restored) == expected
     assert restored.task_dict["model.m1999"].upstream_task_ids == dag.task_dict["model.m1999"].upstream_task_ids
+
+
+def test_a_test_attaches_to_its_last_parent_only_when_its_other_parents_are_upstream() -> None:
+    """dbt's `buildable` rule, mirrored: other parents upstream (through unselected or ephemeral nodes)
+    or sources -> the last parent's task; parents on separate branches -> a task of its own."""
+    from dlh_airflow_common.rendering.graph import build_graph
+
+    def node(kind: str, name: str, *parents: str, materialized: str = "view") -> tuple[str, dict[str, Any]]:
+        return f"{kind}.p.{name}", {"resource_type": kind, "name": name, "package_name": "p", "fqn": ["p", name],
+                                    "config": {"materialized": materialized},
+                                    "depends_on": {"nodes": list(parents)}}
+
+    nodes = dict([
+        node("model", "a", "source.p.raw.t"), node("model", "b", "source.p.raw.t"),
+        node("model", "eph", "model.p.a", materialized="ephemeral"), node("model", "c", "model.p.eph"),
+        node("model", "d", "model.p.c"),
+        node("test", "rel_d_a", "model.p.d", "model.p.a"),  # a upstream of d (via c, an ephemeral)
+        node("test", "rel_a_d", "model.p.a", "model.p.d"),  # same, parents listed the other way round
+        node("test", "rel_b_a", "model.p.b", "model.p.a"),  # separate branches
+        node("test", "src_b", "model.p.b", "source.p.raw.t"),  # a source is always buildable
+        node("test", "of_source", "source.p.raw.t"),
+    ])
+    manifest = {"metadata": {"project_name": "p"}, "nodes": nodes,
+                "sources": {"source.p.raw.t": {"source_name": "raw", "name": "t"}}}
+    everything = build_graph(manifest)
+    assert everything.nodes["model.p.d"].tests == ["test.p.rel_d_a", "test.p.rel_a_d"]
+    assert everything.nodes["model.p.b"].tests == ["test.p.src_b"]
+    assert {n.unique_id for n in everything.of_type("test")} == {"test.p.rel_b_a", "test.p.of_source"}
+    assert sorted(everything.nodes["test.p.rel_b_a"].upstream) == ["model.p.a", "model.p.b"]
+    # a and c unselected: a is still d's ancestor in dbt's graph, so the test still goes with d
+    selected = build_graph(manifest, ["model.p.d", "test.p.rel_d_a"])
+    assert list(selected.nodes) == ["model.p.d"] and selected.nodes["model.p.d"].tests == ["test.p.rel_d_a"]
+
+
+def test_gc_is_paused_only_inside_a_render_and_comes_back_after_errors_and_nesting(tmp_path: Path) -> None:
+    import gc
+
+    from dlh_airflow_common.rendering import DbtProject, dbt_dag
+    from dlh_airflow_common.rendering.loader import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():  # a render inside a render (a task group built while another pauses)
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner one leaves it to the outer
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("a render that fails")
+    assert gc.isenabled()
+
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(_synthetic_manifest(50)))
+    project = tmp_path / "big"
+    project.mkdir()
+    (project / "dbt_project.yml").write_text("name: big\nprofile: big\nconfig-version: 2\n")
+    for _ in range(2):  # a cache miss, then a hit (the cached load pauses too)
+        dag = dbt_dag("gc", DbtProject(project_dir=str(project), conn_id="unused", manifest_path=str(path),
+                                       runtime_root=str(tmp_path / "rt")), schedule=None)
+        assert len(dag.tasks) == 50 and gc.isenabled()
+    gc.disable()
+    try:  # a caller that had it off keeps it off
+        dbt_dag("gc_off", DbtProject(project_dir=str(project), conn_id="unused", manifest_path=str(path),
+                                     runtime_root=str(tmp_path / "rt")), schedule=None)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_graph_cache_is_keyed_by_project_content(tmp_path: Path) -> None:

@@ -36,6 +36,8 @@ nodes_dag = dbt_dag("render_nodes", project(shape="nodes", source_freshness=True
 layers_dag = dbt_dag("render_layers", project(shape="layers", layers=LAYERS), **WHEN)
 single_dag = dbt_dag("render_single", project(shape="single"), **WHEN)
 boom_dag = dbt_dag("render_nodes_boom", project(vars={"boom": True}), **WHEN)
+rel_fail_dag = dbt_dag("render_nodes_rel_fail", project(  # excluding mart_2 drops its tests (dbt's eager rule)
+    vars={"rel_fail": True}, select=["+mart_1"], exclude=["mart_2"]), **WHEN)
 flaky_dag = dbt_dag("render_nodes_flaky", project(
     vars={"flaky": True}, select=["+flaky"], env_vars={"DLH_FLAKY_CSV": FLAKY_CSV},
     operator_args={"keep_target_artifacts": True, "retries": 1, "retry_delay": timedelta(0),

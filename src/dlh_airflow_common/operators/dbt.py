@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 MIN_DEFERRAL_SECONDS = 15.0
 
 
+_UNSET = object()
+
+
 class DbtOperator(BaseOperator):
     """Run one dbt command (``build``, ``run``, ``source freshness``, ``docs generate``, ...).
 
@@ -56,6 +59,55 @@ class DbtOperator(BaseOperator):
     template_fields_renderers = {"vars": "json", "env_vars": "json"}
     operator_extra_links = (DbtDocsLink(), DbtArtifactsLink())
     ui_color = "#ff694b"
+
+    # Immutable defaults as class attributes: an instance holds only the values that differ (see
+    # __init__). Mutable values (lists, dicts) are always the instance's own.
+    dbt_project_dir: str | None = None
+    conn_id: str | None = None
+    profiles_dir: str | None = None
+    target: str | None = None
+    profile_name: str | None = None
+    venv_path: str | None = None
+    dbt_executable: str | None = None
+    select: Sequence[str] | str | None = None
+    exclude: Sequence[str] | str | None = None
+    selector: str | None = None
+    vars: Mapping[str, Any] | str | None = None
+    full_refresh: bool = False
+    schema_override: str | None = None
+    keep_target_artifacts: bool = False
+    check_interval: float = 10.0
+    timeout: float | None = None
+    retry_limit: int = 0
+    transient_retry_delay: float = 1.0
+    retry_from_failure: bool = True
+    upload_artifacts: bool = False
+    artifacts_destination: str | None = None
+    artifacts_conn_id: str | None = None
+    dbt_docs_url: str | None = None
+    artifacts_url: str | None = None
+    publish_docs: bool = False
+    docs_location: str | None = None
+    docs_conn_id: str | None = None
+    runtime_root: str | None = None
+    target_path: str | None = None
+    in_process: bool = False
+    cancel_grace: float = 30.0
+    unwatched_timeout: float | None = None
+    retention_max_age: float | None = None
+    retention_keep: int | None = None
+    dbt_unique_id: str | None = None
+    only_nodes: Sequence[str] | str | None = None
+    stream_nodes: bool = False
+    stream_from: str | None = None
+    _hook: DbtHook | None = None
+    _lineage: Any = None
+    # Set by every __init__: command, env_vars, deferrable, extra_args, node_tests.
+    command: str
+    env_vars: dict[str, str]
+    deferrable: bool
+    extra_args: Sequence[str] | str
+    node_tests: list[str]
 
     def __init__(
         self,
@@ -115,69 +167,55 @@ class DbtOperator(BaseOperator):
             raise ValueError("DbtOperator needs a dbt command, e.g. command='build'")
         if (dbt_models or select) and dbt_models != select and dbt_models and select:
             raise ValueError("Pass either dbt_models or select, not both")
-        self.command = str(dbt_command or command)
-        self.dbt_project_dir = dbt_project_dir
-        self.conn_id = conn_id
-        self.profiles_dir = profiles_dir
-        self.target = target
-        self.profile_name = profile_name
-        self.venv_path = venv_path
-        self.dbt_executable = dbt_executable
-        self.select = select or dbt_models
-        self.exclude = exclude
-        self.selector = selector
-        self.vars = vars
-        self.full_refresh = full_refresh
-        self.env_vars = dict(env_vars or {})
-        self.schema_override = schema_override
-        self.keep_target_artifacts = keep_target_artifacts
-        self.deferrable = settings.default_deferrable() if deferrable is None else deferrable
-        self.check_interval = check_interval
-        self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        self.retry_limit = retry_limit
-        # Backoff base (seconds) for transient dbt failures inside one try; Airflow's own
-        # `retry_delay` keeps its meaning: the delay between task retries.
-        self.transient_retry_delay = float(transient_retry_delay)
-        self.retry_from_failure = retry_from_failure
-        self.upload_artifacts = upload_artifacts
+        command = str(dbt_command or command)
         if artifacts_destination is None and artifacts_bucket:
             artifacts_destination = f"s3://{artifacts_bucket}/dbt-artifacts"
-        self.artifacts_destination = artifacts_destination
-        self.artifacts_conn_id = artifacts_conn_id
-        self.dbt_docs_url = dbt_docs_url
-        self.artifacts_url = artifacts_url
-        # `docs generate` publishes its site for the API server's dbt Docs (see docs.py) unless told not to.
-        self.publish_docs = self.command.split()[:2] == ["docs", "generate"] if publish_docs is None \
-            else publish_docs
-        self.docs_location = docs_location
-        self.docs_conn_id = docs_conn_id
-        self.runtime_root = runtime_root
-        self.target_path = target_path  # a caller-owned target dir shared by tasks (e.g. for --state)
-        self.in_process = in_process
-        self.cancel_grace = cancel_grace
-        # A deferred run no trigger has watched for this long is cancelled: Airflow < 3.3 never tells
-        # the trigger its task was killed. None: DLH_DBT_UNWATCHED_TIMEOUT / [dlh_dbt], else 180 s.
-        wait = unwatched_timeout
-        self.unwatched_timeout = wait.total_seconds() if isinstance(wait, timedelta) else wait
-        # A string is a template rendered at run time (a list with render_template_as_native_obj).
-        self.extra_args: Sequence[str] | str = extra_args if isinstance(extra_args, str) else list(extra_args)
-        # What old run dirs, retry state and control dirs to keep (see core/retention.py).
-        age = retention_max_age
-        self.retention_max_age = age.total_seconds() if isinstance(age, timedelta) else age
-        self.retention_keep = retention_keep
-        # The dbt node this task runs (rendered node tasks; its "dbt Docs" link opens that node), and the
-        # nodes a run chose at run time (templated): a node task whose node is not among them skips.
-        self.dbt_unique_id = dbt_unique_id
-        self.only_nodes = only_nodes
-        # Streamed per-node mode: the producer builds the selection in one detached dbt process and
-        # streams node results; a node task (stream_from=<producer task id>) reflects its node's.
-        self.stream_nodes = stream_nodes
-        self.stream_from = stream_from
-        self.node_tests = list(node_tests)
+        own: dict[str, Any] = {
+            "command": command, "dbt_project_dir": dbt_project_dir, "conn_id": conn_id,
+            "profiles_dir": profiles_dir, "target": target, "profile_name": profile_name,
+            "venv_path": venv_path, "dbt_executable": dbt_executable, "select": select or dbt_models,
+            "exclude": exclude, "selector": selector, "vars": vars, "full_refresh": full_refresh,
+            "env_vars": dict(env_vars or {}), "schema_override": schema_override,
+            "keep_target_artifacts": keep_target_artifacts,
+            "deferrable": settings.default_deferrable() if deferrable is None else deferrable,
+            "check_interval": check_interval,
+            "timeout": timeout.total_seconds() if isinstance(timeout, timedelta) else timeout,
+            # Backoff base (seconds) for transient dbt failures inside one try; Airflow's own
+            # `retry_delay` keeps its meaning: the delay between task retries.
+            "retry_limit": retry_limit, "transient_retry_delay": float(transient_retry_delay),
+            "retry_from_failure": retry_from_failure, "upload_artifacts": upload_artifacts,
+            "artifacts_destination": artifacts_destination, "artifacts_conn_id": artifacts_conn_id,
+            "dbt_docs_url": dbt_docs_url, "artifacts_url": artifacts_url,
+            # `docs generate` publishes its site for the API server's dbt Docs (docs.py) unless told not to.
+            "publish_docs": command.split()[:2] == ["docs", "generate"] if publish_docs is None
+            else publish_docs,
+            "docs_location": docs_location, "docs_conn_id": docs_conn_id, "runtime_root": runtime_root,
+            "target_path": target_path,  # a caller-owned target dir shared by tasks (e.g. for --state)
+            "in_process": in_process, "cancel_grace": cancel_grace,
+            # A deferred run no trigger has watched for this long is cancelled: Airflow < 3.3 never tells
+            # the trigger its task was killed. None: DLH_DBT_UNWATCHED_TIMEOUT / [dlh_dbt], else 180 s.
+            "unwatched_timeout": unwatched_timeout.total_seconds() if isinstance(unwatched_timeout, timedelta)
+            else unwatched_timeout,
+            # A string is a template rendered at run time (a list with render_template_as_native_obj).
+            "extra_args": extra_args if isinstance(extra_args, str) else list(extra_args),
+            # What old run dirs, retry state and control dirs to keep (see core/retention.py).
+            "retention_max_age": retention_max_age.total_seconds() if isinstance(retention_max_age, timedelta)
+            else retention_max_age,
+            "retention_keep": retention_keep,
+            # The dbt node this task runs (rendered node tasks; its "dbt Docs" link opens that node), and the
+            # nodes a run chose at run time (templated): a node task whose node is not among them skips.
+            "dbt_unique_id": dbt_unique_id, "only_nodes": only_nodes,
+            # Streamed per-node mode: the producer builds the selection in one detached dbt process and
+            # streams node results; a node task (stream_from=<producer task id>) reflects its node's.
+            "stream_nodes": stream_nodes, "stream_from": stream_from, "node_tests": list(node_tests),
+        }
+        # Straight into the instance dict, and only what differs from the class defaults below: a
+        # rendered project makes thousands of these, and BaseOperator.__setattr__ (converter lookup,
+        # init-kwargs and XComArg bookkeeping, none of which applies to these attributes before
+        # __init__ returns) made this operator cost 1.7 EmptyOperators (bench/render.py).
+        self.__dict__.update({k: v for k, v in own.items() if _DEFAULTS.get(k, _UNSET) != v})
         if stream_from:
             streamed.born_in_triggerer(self)
-        self._hook: DbtHook | None = None
-        self._lineage: Any = None
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -329,3 +367,9 @@ class DbtOperator(BaseOperator):
         operator_lineage, node_events = self._lineage
         emit_node_events(node_events)
         return operator_lineage
+
+
+# What DbtOperator's class holds as defaults (immutable values only; a value equal to its default,
+# e.g. 10 for 10.0, is not stored).
+_DEFAULTS: dict[str, Any] = {k: v for k, v in vars(DbtOperator).items() if not k.startswith("__")
+                             and (v is None or isinstance(v, bool | int | float | str))}

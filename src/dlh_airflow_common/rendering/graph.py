@@ -4,9 +4,15 @@ Built from ``manifest.json`` plus the unique ids dbt itself selected (``dbt ls``
 grammar of ours. What becomes a task:
 
 - models (except ephemeral ones, which fold into their children), seeds and snapshots: one task each;
-- a test whose only parent is one such node runs inside that node's task (``dbt build`` of the node
-  with cautious indirect selection); any other test (several parents, e.g. ``relationships``, or a
-  source) gets a task of its own after all of its parents;
+- a test runs inside the task of its *last parent* when it has one: a parent node with a task of which
+  every other parent (sources aside) is an ancestor. That task runs ``dbt build --select <node>
+  --indirect-selection buildable``, and dbt's ``buildable`` rule picks exactly these tests: those
+  whose parents are all the node, its ancestors or sources. So a one-parent test, and a
+  ``relationships`` test to a model upstream of its own, fail the node's task; the choice is dbt's
+  grammar, and this module only mirrors it to show the tests in the task doc and to give none of them
+  a second task;
+- any other test (parents on separate branches, e.g. ``relationships`` between two staging models,
+  or a test of a source) gets a task of its own after all of its parents;
 - sources with a freshness rule, when asked for: a ``source freshness`` task before their readers.
 
 Edges pass through nodes that are not tasks (ephemeral or unselected), so the order is dbt's.
@@ -14,22 +20,26 @@ Edges pass through nodes that are not tasks (ephemeral or unselected), so the or
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from dlh_airflow_common.core.exceptions import DbtProjectException
+from dlh_airflow_common.core.names import safe_name
 
 TASK_TYPES = ("model", "seed", "snapshot")
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: tests attached to their last parent (buildable), task ids, no list of selected ids
+MAX_TASK_ID = 200
 
 
 class DbtGraphError(DbtProjectException):
     """The selection or layer layout cannot become a DAG; the message names the nodes."""
 
 
-@dataclass
+@dataclass(slots=True)
 class GraphNode:
     """One task-to-be: a node (model/seed/snapshot), a standalone test, or a source's freshness."""
 
@@ -44,6 +54,7 @@ class GraphNode:
     tests: list[str] = field(default_factory=list)  # unique ids of tests run with this node
     sources: list[str] = field(default_factory=list)  # sources this node reads (through ephemerals)
     version: str | None = None
+    task_id: str = ""  # the Airflow task id (see assign_task_ids), cached with the graph
 
 
 _FIELDS = tuple(f.name for f in fields(GraphNode))
@@ -56,14 +67,13 @@ class DbtGraph:
     project_name: str
     adapter_type: str
     nodes: dict[str, GraphNode]
-    selected: list[str]  # every unique id dbt selected (tests and sources included)
 
     # -- cache form -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Nodes as rows in ``GraphNode`` field order: a DAG file parses this on every import, and rows
         parse faster and peak smaller than one JSON object per node."""
         return {"format": FORMAT_VERSION, "project_name": self.project_name,
-                "adapter_type": self.adapter_type, "selected": self.selected, "fields": list(_FIELDS),
+                "adapter_type": self.adapter_type, "fields": list(_FIELDS),
                 "nodes": [[getattr(n, f) for f in _FIELDS] for n in self.nodes.values()]}
 
     @classmethod
@@ -71,8 +81,7 @@ class DbtGraph:
         if data.get("format") != FORMAT_VERSION or data.get("fields") != list(_FIELDS):
             raise ValueError("cached graph of another format")
         nodes = [GraphNode(*row) for row in data["nodes"]]
-        return cls(data["project_name"], data["adapter_type"], {n.unique_id: n for n in nodes},
-                   list(data["selected"]))
+        return cls(data["project_name"], data["adapter_type"], {n.unique_id: n for n in nodes})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -143,8 +152,9 @@ def build_graph(manifest: Mapping[str, Any], selected: Iterable[str] | None = No
         if node is None or node.get("resource_type") != "test":
             continue
         parents = list(dict.fromkeys(_parents(node)))
-        if len(parents) == 1 and parents[0] in out:
-            out[parents[0]].tests.append(uid)  # runs in its parent's `dbt build`
+        home = _last_parent(parents, out, nodes, sources)
+        if home is not None:
+            out[home].tests.append(uid)  # runs in its last parent's `dbt build` (buildable)
             continue
         test_ups: set[str] = set()
         test_srcs: set[str] = set()
@@ -164,15 +174,73 @@ def build_graph(manifest: Mapping[str, Any], selected: Iterable[str] | None = No
         )
     if source_freshness:
         _add_freshness(out, sources)
+    assign_task_ids(out.values())
     graph = DbtGraph(
         project_name=str((manifest.get("metadata") or {}).get("project_name") or ""),
         adapter_type=str((manifest.get("metadata") or {}).get("adapter_type") or ""),
-        nodes=out, selected=[u for u in chosen if u not in unknown],
+        nodes=out,
     )
     if unknown and selected is not None:
         raise DbtGraphError(f"dbt selected nodes the manifest does not have: {', '.join(unknown[:10])}; "
                             "the manifest is older than the project: rebuild it (dbt parse)")
     return graph
+
+
+def _last_parent(parents: list[str], out: Mapping[str, GraphNode], nodes: Mapping[str, Any],
+                 sources: Mapping[str, Any]) -> str | None:
+    """The parent task whose ``dbt build --indirect-selection buildable`` runs this test, if any.
+
+    dbt's rule (``buildable``): a test of a selected node is built when each of its parents is
+    selected, an ancestor of a selected node, or a source. With one node selected, that is the parent
+    of which every other parent is an ancestor in the whole manifest (unselected and ephemeral nodes
+    included).
+    """
+    others = [p for p in parents if p not in sources]
+    for candidate in others:
+        if candidate in out and _all_ancestors(candidate, {p for p in others if p != candidate}, nodes):
+            return candidate
+    return None
+
+
+def _all_ancestors(node: str, wanted: set[str], nodes: Mapping[str, Any]) -> bool:
+    """Whether every id in ``wanted`` is upstream of ``node`` (a walk that stops once all are seen)."""
+    seen: set[str] = set()
+    stack = [node]
+    while wanted and stack:
+        for parent in _parents(nodes.get(stack.pop()) or {}):
+            if parent not in seen:
+                seen.add(parent)
+                wanted.discard(parent)
+                stack.append(parent)
+    return not wanted
+
+
+def assign_task_ids(nodes: Iterable[GraphNode]) -> None:
+    """Readable, stable ids: ``<resource>.<name>``, with the package only where names collide.
+
+    Set once when the graph is built, so a cached render does not recompute them for every node."""
+    def short(node: GraphNode) -> str:
+        return f"{node.name}.v{node.version}" if node.version else node.name
+
+    listed = list(nodes)
+    counts = Counter((n.resource_type, short(n)) for n in listed)
+    for node in listed:
+        parts = [node.resource_type, short(node)]
+        if counts[(node.resource_type, short(node))] > 1:
+            parts.insert(1, node.package)
+        node.task_id = _task_id(".".join(parts))
+    clashes = Counter(n.task_id for n in listed)
+    for node in listed:
+        if clashes[node.task_id] > 1:  # same package and name (truncated test names): the id's hash decides
+            node.task_id = _task_id(f"{node.task_id}.{node.unique_id.rsplit('.', 1)[-1]}")
+
+
+def _task_id(text: str) -> str:
+    text = safe_name(text, keep=".")
+    if len(text) <= MAX_TASK_ID:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{text[:MAX_TASK_ID - 11]}_{digest}"
 
 
 def _is_task_node(node: Mapping[str, Any]) -> bool:
@@ -215,7 +283,7 @@ class Layer:
 
     name: str
     selector: str
-    members: list[str]  # unique ids of models/seeds/snapshots (their one-parent tests run with them)
+    members: list[str]  # unique ids of models/seeds/snapshots (their attached tests run with them)
     tests: list[str]  # standalone tests whose last parent is built here
     upstream: list[str]  # names of layers (and unique ids of freshness tasks) this one waits for
 

@@ -21,7 +21,7 @@ from airflow.sdk import DAG, BaseOperator, TaskGroup
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.operators.settings import default_deferrable
 from dlh_airflow_common.rendering.graph import build_layers
-from dlh_airflow_common.rendering.loader import GraphSource, LoadedGraph, load_graph
+from dlh_airflow_common.rendering.loader import GraphSource, LoadedGraph, gc_paused, load_graph
 from dlh_airflow_common.rendering.tasks import (
     NODE_ARGS,
     NODE_EXECUTIONS,
@@ -101,11 +101,13 @@ class DbtProject:
         """The DbtOperator arguments every task of the project gets."""
         chosen: dict[str, Any] = {} if self.run_only is None else {
             "only_nodes": self.run_only, "trigger_rule": "none_failed"}
-        return {**chosen, "dbt_project_dir": self.project_dir, "conn_id": self.conn_id,
-                "profiles_dir": self.profiles_dir, "target": self.target, "profile_name": self.profile_name,
-                "vars": dict(self.vars) if self.vars else None, "runtime_root": self.runtime_root,
-                "venv_path": self.venv_path, "dbt_executable": self.dbt_executable,
-                "env_vars": dict(self.env_vars), **self.operator_args}
+        own = {"dbt_project_dir": self.project_dir, "conn_id": self.conn_id,
+               "profiles_dir": self.profiles_dir, "target": self.target, "profile_name": self.profile_name,
+               "vars": dict(self.vars) if self.vars else None, "runtime_root": self.runtime_root,
+               "venv_path": self.venv_path, "dbt_executable": self.dbt_executable,
+               "env_vars": dict(self.env_vars) or None}
+        # Unset ones are left to the operator's defaults: each task keeps its init arguments.
+        return {**chosen, **{k: v for k, v in own.items() if v is not None}, **self.operator_args}
 
     def has_packages(self) -> bool:
         return any((Path(self.project_dir) / n).is_file() for n in ("packages.yml", "dependencies.yml"))
@@ -147,6 +149,12 @@ def _render(project: DbtProject, *, serialised: bool, loaded: LoadedGraph | None
             wire([(deps, build)])
         return
     loaded = loaded or load_graph(project.source())
+    with gc_paused():
+        _render_graph(project, loaded, serialised, deps, args)
+
+
+def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, deps: BaseOperator | None,
+                  args: dict[str, Any]) -> None:
     graph = loaded.graph
     note = _DUCKDB_NOTE if graph.adapter_type == "duckdb" and serialised else ""
     if graph.adapter_type == "duckdb" and not serialised:

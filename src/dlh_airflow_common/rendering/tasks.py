@@ -9,20 +9,18 @@ changes these internals fails loudly.
 
 from __future__ import annotations
 
-import hashlib
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from dlh_airflow_common.core.names import safe_name
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.rendering.graph import DbtGraph, GraphNode, Layer
 
-MAX_TASK_ID = 200
-# Node tasks build exactly their node: tests run with it only when it is their one parent.
-NODE_ARGS = ["--indirect-selection", "cautious"]
+# Node (and layer) tasks build exactly their nodes, with the tests dbt's `buildable` rule attaches to
+# them: those whose other parents are all upstream (see graph.py, which mirrors the rule).
+NODE_ARGS = ["--indirect-selection", "buildable"]
+_BUILD_ARGS = " " + " ".join(NODE_ARGS)
 _COMMANDS = {"model": "build", "seed": "build", "snapshot": "build", "test": "test",
              "source": "source freshness"}
 
@@ -58,49 +56,25 @@ NODE_EXECUTIONS: dict[str, NodeTaskFactory] = {"isolated": isolated_node_task, "
 
 
 def task_ids(graph: DbtGraph) -> dict[str, str]:
-    """Readable, stable ids: ``<resource>.<name>``, with the package only where names collide."""
-    def short(node: GraphNode) -> str:
-        return f"{node.name}.v{node.version}" if node.version else node.name
-
-    counts = Counter((n.resource_type, short(n)) for n in graph.nodes.values())
-    ids: dict[str, str] = {}
-    for node in graph.nodes.values():
-        parts = [node.resource_type, short(node)]
-        if counts[(node.resource_type, short(node))] > 1:
-            parts.insert(1, node.package)
-        ids[node.unique_id] = _task_id(".".join(parts))
-    clashes = Counter(ids.values())
-    for uid, tid in ids.items():
-        if clashes[tid] > 1:  # same package and name (truncated test names): the id's hash decides
-            ids[uid] = _task_id(f"{tid}.{uid.rsplit('.', 1)[-1]}")
-    return ids
-
-
-def _task_id(text: str) -> str:
-    text = safe_name(text, keep=".")
-    if len(text) <= MAX_TASK_ID:
-        return text
-    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    return f"{text[:MAX_TASK_ID - 11]}_{digest}"
+    """Each node's task id (set when the graph was built: ``graph.assign_task_ids``)."""
+    return {uid: node.task_id for uid, node in graph.nodes.items()}
 
 
 def node_doc(node: GraphNode, command: str, extra: str = "") -> str:
     """What the Airflow UI shows for the task: which dbt node, where, how it runs."""
-    lines = [f"**dbt {node.resource_type}** `{node.unique_id}`", "",
-             f"- path: `{node.path}`", f"- materialization: `{node.materialization}`",
-             f"- runs: `dbt {command} --select {node.selector}"
-             + (" " + " ".join(NODE_ARGS) if command == "build" else "") + "`"]
-    if node.tests:
-        lines.append("- tests run in this task: " + ", ".join(f"`{t.split('.')[2]}`" for t in node.tests))
-    if extra:
-        lines += ["", extra]
-    return "\n".join(lines)
+    args = _BUILD_ARGS if command == "build" else ""
+    tests = ("\n- tests run in this task: " + ", ".join(f"`{t.split('.')[2]}`" for t in node.tests)
+             if node.tests else "")
+    return (f"**dbt {node.resource_type}** `{node.unique_id}`\n\n- path: `{node.path}`\n"
+            f"- materialization: `{node.materialization}`\n- runs: `dbt {command} --select {node.selector}"
+            f"{args}`{tests}" + (f"\n\n{extra}" if extra else ""))
 
 
 def layer_doc(layer: Layer, graph: DbtGraph, extra: str = "") -> str:
     tests = ", ".join(f"`{graph.nodes[t].name}`" for t in layer.tests) or "none"
     lines = [f"**dbt layer** `{layer.name}`: `{layer.selector}`", "",
-             f"- {len(layer.members)} node(s), built with `dbt build` (one-parent tests run with their node)",
+             f"- {len(layer.members)} node(s), built with `dbt build` (tests whose other parents are "
+             "upstream run with their last parent)",
              f"- tests across layers run here (their last parent is in this layer): {tests}"]
     if extra:
         lines += ["", extra]
