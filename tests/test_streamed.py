@@ -135,3 +135,31 @@ def test_trigger_when_the_producer_ends_without_the_node_or_dies(tmp_path: Path)
     path = _control_dir(tmp_path / "dead", state="running", heartbeat=time.time() - 600, results=[])
     dead = _first_event(tmp_path / "dead", unique_id="model.p.x", heartbeat_timeout=5)
     assert dead["outcome"] == "failed" and str(path / "progress.log") in dead["message"]
+
+
+def test_triggers_starting_while_the_shared_reader_polls_never_see_a_half_read_stream(tmp_path: Path) -> None:
+    """The reader polls in a thread; a trigger starting meanwhile must not see "finished" without the
+    results read in the same poll (seen at 500 models: such a task rebuilt its node on a worker)."""
+    import asyncio
+
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+
+    uids = [f"model.p.m{i}" for i in range(20000)]
+    _control_dir(tmp_path, state="success", heartbeat=time.time(), results=[_row(u, "success") for u in uids])
+
+    async def outcomes() -> list[str]:
+        async def one(uid: str) -> str:
+            trigger = DbtNodeTrigger(unique_id=uid, runtime_root=str(tmp_path), end_task=False, dag_id="d",
+                                     run_id="r", try_number=1, poll_interval=0.05)
+            async for event in trigger.run():
+                return str(event.payload["outcome"])
+            raise AssertionError("no event")
+
+        tasks = []
+        for uid in uids[-300:]:  # started one by one while the first poll folds 20,000 lines
+            tasks.append(asyncio.create_task(one(uid)))
+            await asyncio.sleep(0.002)
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(asyncio.wait_for(outcomes(), 60))
+    assert results.count("success") == len(results), sorted(set(results))

@@ -37,6 +37,9 @@ class _SharedReader:
 
     def __init__(self, path: Path, interval: float) -> None:
         self.channel = ControlDirChannel(path)
+        # The poll runs in a thread: it folds into a private state, and triggers (on the event loop) only
+        # see whole snapshots, so none reads a "finished" status before the results that came with it.
+        self._polled = StreamState()
         self.state = StreamState()
         self.interval = interval
         self.users = 0
@@ -62,7 +65,9 @@ class _SharedReader:
 
     async def _loop(self) -> None:
         while self.users > 0:
-            if await asyncio.to_thread(self.channel.poll, self.state):
+            if await asyncio.to_thread(self.channel.poll, self._polled):
+                polled = self._polled
+                self.state = StreamState(dict(polled.results), polled.status, polled.seen)
                 self.changed.set()
                 self.changed = asyncio.Event()
             await asyncio.sleep(self.interval)
