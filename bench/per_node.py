@@ -23,9 +23,11 @@ import os
 import secrets
 import shutil
 import statistics
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +62,7 @@ SCHEDULER = {
 }
 # The producer's trigger polls dbt every check_interval seconds (DbtOperator default 10): 1 s here.
 OPERATOR_ARGS = {"check_interval": 1}
+PY_SPY = os.environ.get("PY_SPY", "py-spy")
 
 
 @dataclass
@@ -138,8 +141,85 @@ def _stack_class() -> Any:
     return AirflowStack
 
 
+class Watch:
+    """Optional observers of the stack during the DAG runs: the trigger table (its rows are deleted once
+    their task ends, so they are polled) and py-spy on the scheduler and the triggerer."""
+
+    def __init__(self, profile: Path | None) -> None:
+        self.profile = profile
+        self.created: dict[int, datetime] = {}
+        self.spies: list[subprocess.Popen[bytes]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, meta: Any, stack: Any, label: str) -> None:
+        self.created.clear()
+        self._stop.clear()
+
+        def poll() -> None:
+            while not self._stop.is_set():
+                try:
+                    for tid, created in meta("select id, created_date from trigger"):
+                        self.created.setdefault(tid, created)
+                except Exception:  # noqa: BLE001 - an observer never fails the run
+                    pass
+                self._stop.wait(0.3)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        if self.profile:
+            self.profile.mkdir(parents=True, exist_ok=True)
+            for name in ("triggerer", "scheduler"):
+                out = self.profile / f"{label}-{name}.txt"
+                self.spies.append(subprocess.Popen(
+                    [PY_SPY, "record", "--pid", str(stack.procs[name].pid), "--subprocesses", "--idle",
+                     "--rate", "20", "--format", "raw", "--output", str(out)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for spy in self.spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for spy in self.spies:
+            try:
+                spy.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+        self.spies.clear()
+
+
+def timeline(meta: Any, where: str, created: dict[int, datetime], runtime: Path, dag_id: str,
+             run_id: str) -> str:
+    """Seconds from the DAG run's start to each step of one run, from the metadata DB and the stream."""
+    from dlh_airflow_common.core.stream import stream_dir
+
+    start, end = meta(f"select start_date, end_date from dag_run where {where}")[0]
+    prod = meta(f"select start_date, end_date from task_instance where {where} and task_id = 'dbt_producer'")
+    nodes = meta(f"select min(start_date), max(start_date), min(end_date), max(end_date) from task_instance "
+                 f"where {where} and task_id <> 'dbt_producer'")[0]
+    path = stream_dir(runtime, dag_id, run_id) / "nodes.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+        if path.is_file() else []
+    def at(value: Any) -> str:
+        if not value:
+            return "-"
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value).replace(tzinfo=UTC)
+        return f"{(value - start).total_seconds():.1f}"
+
+    first = min((r["started_at"] for r in rows if r.get("started_at")), default="")
+    last = max((r["finished_at"] for r in rows if r.get("finished_at")), default="")
+    return (f"    timeline (s from run start): producer start {at(prod[0][0] if prod else None)}, dbt first "
+            f"node start {at(first)}, last node end {at(last)}, producer end {at(prod[0][1] if prod else None)}, "
+            f"triggers created {at(min(created.values(), default=None))}..{at(max(created.values(), default=None))}"
+            f" ({len(created)}), node tasks started {at(nodes[0])}..{at(nodes[1])}, ended {at(nodes[2])}.."
+            f"{at(nodes[3])}, run end {at(end)}")
+
+
 def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, dict[str, Any]],
-             rows: dict[str, Row], rounds: int, timeout: float) -> None:
+             rows: dict[str, Row], rounds: int, timeout: float, watch: Watch | None = None) -> None:
     spec = root / "dags.json"
     spec.write_text(json.dumps(dags))
     pg.execute(f"create database {META_DB}")
@@ -180,12 +260,18 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
         for dag in dags:
             for n in range(rounds):
                 run_id = f"r{n}"
+                if watch is not None:
+                    watch.start(meta, stack, f"{dag['dag_id']}-{run_id}")
                 trig = stack.cli("dags", "trigger", dag["dag_id"], "-r", run_id)
                 assert trig.returncode == 0, trig.stdout[-2000:]
                 where = f"dag_id = '{dag['dag_id']}' and run_id = '{run_id}'"
                 done = f"select state from dag_run where {where} and state in ('success', 'failed')"
                 state = wait(f"{dag['dag_id']} {run_id}", lambda q=done: next((r[0] for r in meta(q)), None),
                              timeout)
+                if watch is not None:
+                    watch.stop()
+                    print(timeline(meta, where, watch.created, root / "runtime", dag["dag_id"], run_id),
+                          flush=True)
                 if state != "success":
                     bad = meta(f"select task_id, state from task_instance where {where} "
                                "and state <> 'success'")
@@ -201,11 +287,15 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
                 dbt_end, producer = _stream_times(root / "runtime", dag["dag_id"], run_id)
                 row.tails.append((end - (dbt_end or last)).total_seconds())
                 print(f"  {dag['dag_id']} {run_id}: {row.walls[-1]:.1f}s "
-                      f"(tail {row.tails[-1]:.1f}s{producer})", flush=True)
+                      f"(tail {row.tails[-1]:.1f}s{producer}; loadavg {_load()})", flush=True)
     finally:
         left = stack.stop()
         if left:
             print(f"WARNING: processes left after stop: {left}")
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _stream_times(runtime: Path, dag_id: str, run_id: str) -> tuple[datetime | None, str]:
@@ -232,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL rows")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 30 models, no isolated/PG")
     parser.add_argument("--max-streamed-ratio", type=float, default=1.5)
+    parser.add_argument("--only", default="", help="comma-separated DAG rows to run (single, nodes_streamed, "
+                        "nodes_isolated); bare always runs")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print each DAG run's timeline (polls the trigger table)")
+    parser.add_argument("--profile", type=Path, help="py-spy record the scheduler and triggerer into this dir "
+                        "(raw collapsed stacks; py-spy from $PY_SPY or PATH)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.no_pg, args.isolated_max = 1, True, 0
@@ -268,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                 shapes.append(("nodes", "isolated"))
             for shape, execution in shapes:
                 name = "single" if shape == "single" else f"nodes_{execution}"
+                if args.only and name not in args.only.split(","):
+                    continue
                 dag_id = f"bench_{key}_{name}"
                 cid = f"bench_{key}_{name}"
                 if warehouse == "duckdb":
@@ -281,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                              "execution": execution, "manifest_path": str(manifest),
                              "operator_args": OPERATOR_ARGS})
                 rows[dag_id] = Row(f"ours: {name}", models, warehouse)
-        run_dags(root, pg, dags, conns, rows, args.rounds, timeout=3600)
+        watch = Watch(args.profile) if args.timeline or args.profile else None
+        run_dags(root, pg, dags, conns, rows, args.rounds, timeout=3600, watch=watch)
     finally:
         pg.destroy()
         shutil.rmtree(root, ignore_errors=True)
