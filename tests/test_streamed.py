@@ -163,3 +163,42 @@ def test_triggers_starting_while_the_shared_reader_polls_never_see_a_half_read_s
 
     results = asyncio.run(asyncio.wait_for(outcomes(), 60))
     assert results.count("success") == len(results), sorted(set(results))
+
+
+def test_a_trigger_started_in_the_triggerer_lets_go_of_its_copy_of_the_dag() -> None:
+    """Airflow 3.3 hands each start_from_trigger trigger a task instance and context built from its own
+    deserialized copy of the whole DAG; N node triggers must not keep N copies alive."""
+    import gc
+    import uuid
+    import weakref
+    from datetime import UTC, datetime
+
+    from airflow.executors.workloads.task import TaskInstanceDTO
+    from airflow.jobs.triggerer_job_runner import TriggerRunner
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from dlh_airflow_common.operators.dbt import DbtOperator
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+
+    common: dict[str, Any] = {"command": "build", "dbt_project_dir": "/p", "conn_id": "c"}
+    with DAG("d", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        DbtOperator(task_id="dbt_producer", stream_nodes=True, **common)
+        DbtOperator(task_id="n", dbt_unique_id="model.p.n", stream_from="dbt_producer", **common)
+    now = datetime.now(UTC)
+    ti = TaskInstanceDTO(id=uuid.uuid4(), task_id="n", dag_id="d", run_id="r", try_number=1, map_index=-1,
+                         dag_version_id=uuid.uuid4(), pool_slots=1, priority_weight=1, queue="default")
+    run = {"dag_id": "d", "run_id": "r", "logical_date": now, "data_interval_start": now,
+           "data_interval_end": now, "run_after": now, "start_date": now, "end_date": None, "run_type": "manual",
+           "state": "running", "conf": {}, "consumed_asset_events": [], "partition_key": None, "clear_number": 0}
+    runtime_ti = TriggerRunner.create_runtime_ti(ti, DagSerialization.to_dict(dag), run)  # as the triggerer does
+    context = runtime_ti.get_template_context()
+    trigger = DbtNodeTrigger(unique_id="model.p.n", runtime_root="/tmp")
+    trigger.task_instance = runtime_ti
+    copy = weakref.ref(runtime_ti.task.dag)
+    gc.collect()
+    assert copy() is not None and context["dag"] is copy()  # the copy is held before
+    trigger.render_template_fields(context=context)
+    gc.collect()
+    assert copy() is None
+    assert trigger._run_identity() == ("d", "r", 1)  # what the trigger still needs

@@ -115,6 +115,21 @@ class DbtNodeTrigger(BaseTrigger):
             "heartbeat_timeout": self.heartbeat_timeout, "start_timeout": self.start_timeout,
         })
 
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Nothing to render; drop this trigger's copy of the whole DAG instead.
+
+        For a task started in the triggerer, Airflow 3.3 deserializes the whole DAG per trigger to build
+        the task instance and the context it passes here, and keeps both for the trigger's lifetime: N
+        node triggers would hold N copies of an N-task DAG (1.4 GB at 500 nodes). The trigger only
+        needs the task instance's ids, so it lets go of the context's entries and of the task (whose
+        ``dag`` is that copy) before it starts waiting.
+        """
+        if isinstance(context, dict):
+            context.clear()
+        ti = self.task_instance
+        if ti is not None and getattr(ti, "task", None) is not None:
+            object.__setattr__(ti, "task", None)  # a pydantic model: no validation of a release
+
     def _run_identity(self) -> tuple[str, str, int]:
         ti = self.task_instance
         dag_id = self.dag_id or getattr(ti, "dag_id", None)
