@@ -268,6 +268,7 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
     pg.execute(f"create database {meta_db}")
     env = stack_env(root / name, pg, spec, conns, BENCH / ("dags_cosmos" if cosmos else "dags"), meta_db)
     api_port = int(env["AIRFLOW__API__BASE_URL"].rsplit(":", 1)[1])
+    runtime = Path(env["DLH_DBT_RUNTIME_ROOT"])
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     stack = _stack_class()(Path(env["AIRFLOW_HOME"]), env, api_port, cosmos or sys.executable)
 
@@ -313,7 +314,7 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
                              timeout)
                 if watch is not None:
                     watch.stop()
-                    print(timeline(meta, where, watch.created, root / "runtime", dag["dag_id"], run_id)
+                    print(timeline(meta, where, watch.created, runtime, dag["dag_id"], run_id)
                           + "; peak RSS MB " + ", ".join(f"{k} {v:.0f}" for k, v in watch.peak_rss.items()),
                           flush=True)
                 row = rows[dag["dag_id"]]
@@ -333,7 +334,7 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
                     "and ti.task_id <> 'dbt_producer') "
                     f"from dag_run dr where {where}")[0]
                 row.walls.append((end - start).total_seconds())
-                dbt_end, producer = _stream_times(root / "runtime", dag["dag_id"], run_id)
+                dbt_end, producer = _stream_times(runtime, dag["dag_id"], run_id)
                 row.tails.append((end - (dbt_end or last)).total_seconds())
                 print(f"  {dag['dag_id']} {run_id}: {row.walls[-1]:.1f}s "
                       f"(tail {row.tails[-1]:.1f}s{producer}; loadavg {_load()})", flush=True)
