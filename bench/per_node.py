@@ -258,7 +258,7 @@ def timeline(meta: Any, where: str, created: dict[int, datetime], runtime: Path,
 
 def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, dict[str, Any]],
              rows: dict[str, Row], rounds: int, timeout: float, watch: Watch | None = None,
-             cosmos: str | None = None) -> None:
+             cosmos: str | None = None, triggerers: int = 1) -> None:
     """Run each DAG ``rounds`` times under one stack; ``cosmos``: that venv's python runs the stack
     (the Cosmos DAGs), and a failed run is a result (Cosmos LOCAL on DuckDB), not an error."""
     name = "cosmos" if cosmos else "ours"
@@ -267,6 +267,10 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
     spec.write_text(json.dumps(dags))
     pg.execute(f"create database {meta_db}")
     env = stack_env(root / name, pg, spec, conns, BENCH / ("dags_cosmos" if cosmos else "dags"), meta_db)
+    if triggerers > 1:  # each takes up to its capacity of a run's triggers (about one per model): share
+        most = max(int(d.get("models", 1)) for d in dags)
+        env["AIRFLOW__TRIGGERER__CAPACITY"] = str(int(most * 1.1) // triggerers + 1)
+        print(f"  {triggerers} triggerers, capacity {env['AIRFLOW__TRIGGERER__CAPACITY']} each", flush=True)
     api_port = int(env["AIRFLOW__API__BASE_URL"].rsplit(":", 1)[1])
     runtime = Path(env["DLH_DBT_RUNTIME_ROOT"])
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
@@ -292,6 +296,8 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
                     "--workers", "1")
         for name in ("scheduler", "dag-processor", "triggerer"):
             stack.start(name, *(() if name == "dag-processor" else ("--skip-serve-logs",)))
+        for extra in range(1, triggerers):
+            stack.start("triggerer", "--skip-serve-logs", label=f"triggerer{extra + 1}")
         ids = [d["dag_id"] for d in dags]
         wanted = ", ".join(f"'{i}'" for i in ids)
         def parsed() -> bool:
@@ -392,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="print each DAG run's timeline (polls the trigger table)")
     parser.add_argument("--profile", type=Path, help="py-spy record the scheduler and triggerer into this "
                         "dir (raw collapsed stacks; py-spy from $PY_SPY or PATH)")
+    parser.add_argument("--triggerers", type=int, default=1,
+                        help="triggerers in our stack (>1: capacity about models / triggerers each)")
     parser.add_argument("--cosmos-max", type=int, default=100,
                         help="largest size that also runs Cosmos 1.15 LOCAL and WATCHER (bench-only venv, "
                         "built once under bench/out like bench/render.py); 0: none")
@@ -445,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "extra": {"schema": name, "threads": THREADS}}
                 dags.append({"dag_id": dag_id, "project_dir": str(project), "conn_id": cid, "shape": shape,
                              "execution": execution, "manifest_path": str(manifest),
-                             "operator_args": OPERATOR_ARGS})
+                             "operator_args": OPERATOR_ARGS, "models": models})
                 rows[dag_id] = Row(f"ours: {name}", models, warehouse)
             for mode in ("local", "watcher") if models <= args.cosmos_max else ():
                 name = f"cosmos_{mode}"
@@ -462,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows[dag_id] = Row(f"Cosmos 1.15 {mode.upper()}", models, warehouse)
         watch = Watch(args.profile) if args.timeline or args.profile else None
         if dags:
-            run_dags(root, pg, dags, conns, rows, args.rounds, timeout=3600, watch=watch)
+            run_dags(root, pg, dags, conns, rows, args.rounds, timeout=3600, watch=watch,
+                     triggerers=args.triggerers)
         if cosmos_dags:
             run_dags(root, pg, cosmos_dags, {}, rows, args.rounds, timeout=3600, cosmos=cosmos_python())
     finally:

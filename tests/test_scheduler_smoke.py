@@ -73,9 +73,11 @@ class AirflowStack:
         self.clis.append(proc)
         return proc
 
-    def start(self, name: str, *args: str) -> None:
-        with (self.logs / f"{name}.log").open("ab") as log:
-            self.procs[name] = subprocess.Popen(
+    def start(self, name: str, *args: str, label: str | None = None) -> None:
+        """Start one component; ``label`` names a second one of the same kind (e.g. another triggerer)."""
+        label = label or name
+        with (self.logs / f"{label}.log").open("ab") as log:
+            self.procs[label] = subprocess.Popen(
                 _airflow(name, *args, python=self.python), env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
 
