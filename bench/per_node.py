@@ -8,9 +8,8 @@ shape streamed (one producer ``dbt build``; node tasks born and ended in the tri
 (one dbt process per node task); single and streamed get an untimed warm-up DAG run first, as bare gets
 a warm-up build (else they alone pay dbt's full parse). The DAG rows run under one real stack
 (LocalExecutor, metadata DB on a throwaway PostgreSQL, the components of tests/test_scheduler_smoke.py)
-and are timed from the metadata
-DB: DAG run start_date -> end_date. "tail": the last node finished in dbt (streamed: its finished_at in
-the producer's stream; else the last node task's end) -> DAG run success.
+and are timed from the metadata DB: DAG run start_date -> end_date. "tail": the last node finished in
+dbt (streamed: its finished_at in the producer's stream; else the last node task's end) -> DAG run success.
 
 Cosmos 1.15 LOCAL and WATCHER rows (sizes up to --cosmos-max) run under a second stack of the same
 settings whose Airflow is the bench-only Cosmos venv (bench/render.py builds it under bench/out; Cosmos runs
