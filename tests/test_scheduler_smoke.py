@@ -38,8 +38,8 @@ SMOKE_DAGS = REPO / "tests" / "smoke_dags"
 META_DB = "airflow_meta"
 
 
-def _airflow(*args: str) -> list[str]:
-    return [sys.executable, "-m", "airflow", *args]
+def _airflow(*args: str, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "airflow", *args]
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -53,7 +53,8 @@ def _tail(path: Path, lines: int = 40) -> str:
 class AirflowStack:
     """The Airflow components as child processes, each in its own process group with a log file."""
 
-    def __init__(self, home: Path, env: dict[str, str], api_port: int) -> None:
+    def __init__(self, home: Path, env: dict[str, str], api_port: int, python: str = sys.executable) -> None:
+        self.python = python  # the interpreter of the Airflow install (the bench runs Cosmos from its own venv)
         self.home = home
         self.env = env
         self.api_port = api_port
@@ -63,19 +64,21 @@ class AirflowStack:
         self.clis: list[subprocess.Popen[str]] = []
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(_airflow(*args), env=self.env, capture_output=True, text=True,
+        return subprocess.run(_airflow(*args, python=self.python), env=self.env, capture_output=True, text=True,
                               timeout=timeout, check=False, stdin=subprocess.DEVNULL)
 
     def cli_start(self, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(_airflow(*args), env=self.env, stdin=subprocess.DEVNULL, text=True,
+        proc = subprocess.Popen(_airflow(*args, python=self.python), env=self.env, stdin=subprocess.DEVNULL, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self.clis.append(proc)
         return proc
 
-    def start(self, name: str, *args: str) -> None:
-        with (self.logs / f"{name}.log").open("ab") as log:
-            self.procs[name] = subprocess.Popen(
-                _airflow(name, *args), env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+    def start(self, name: str, *args: str, label: str | None = None) -> None:
+        """Start one component; ``label`` names a second one of the same kind (e.g. another triggerer)."""
+        label = label or name
+        with (self.logs / f"{label}.log").open("ab") as log:
+            self.procs[label] = subprocess.Popen(
+                _airflow(name, *args, python=self.python), env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
 
     def dead(self) -> list[str]:

@@ -172,3 +172,70 @@ def test_trigger_fails_promptly_when_the_producer_is_cancelled(tmp_path: Path) -
     gone, after = asyncio.run(asyncio.wait_for(first_after_removal(), 30))
     assert gone["outcome"] == "failed" and "cancelled before it built" in gone["message"]
     assert after < 10, after  # not the 120 s heartbeat timeout
+
+
+def test_triggers_starting_while_the_shared_reader_polls_never_see_a_half_read_stream(tmp_path: Path) -> None:
+    """The reader polls in a thread; a trigger starting meanwhile must not see "finished" without the
+    results read in the same poll (seen at 500 models: such a task rebuilt its node on a worker)."""
+    import asyncio
+
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+
+    uids = [f"model.p.m{i}" for i in range(20000)]
+    _control_dir(tmp_path, state="success", heartbeat=time.time(), results=[_row(u, "success") for u in uids])
+
+    async def outcomes() -> list[str]:
+        async def one(uid: str) -> str:
+            trigger = DbtNodeTrigger(unique_id=uid, runtime_root=str(tmp_path), end_task=False, dag_id="d",
+                                     run_id="r", try_number=1, poll_interval=0.05)
+            async for event in trigger.run():
+                return str(event.payload["outcome"])
+            raise AssertionError("no event")
+
+        tasks = []
+        for uid in uids[-300:]:  # started one by one while the first poll folds 20,000 lines
+            tasks.append(asyncio.create_task(one(uid)))
+            await asyncio.sleep(0.002)
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(asyncio.wait_for(outcomes(), 60))
+    assert results.count("success") == len(results), sorted(set(results))
+
+
+def test_a_trigger_started_in_the_triggerer_lets_go_of_its_copy_of_the_dag() -> None:
+    """Airflow 3.3 hands each start_from_trigger trigger a task instance and context built from its own
+    deserialized copy of the whole DAG; N node triggers must not keep N copies alive."""
+    import gc
+    import uuid
+    import weakref
+    from datetime import UTC, datetime
+
+    from airflow.executors.workloads.task import TaskInstanceDTO
+    from airflow.jobs.triggerer_job_runner import TriggerRunner
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from dlh_airflow_common.operators.dbt import DbtOperator
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+
+    common: dict[str, Any] = {"command": "build", "dbt_project_dir": "/p", "conn_id": "c"}
+    with DAG("d", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        DbtOperator(task_id="dbt_producer", stream_nodes=True, **common)
+        DbtOperator(task_id="n", dbt_unique_id="model.p.n", stream_from="dbt_producer", **common)
+    now = datetime.now(UTC)
+    ti = TaskInstanceDTO(id=uuid.uuid4(), task_id="n", dag_id="d", run_id="r", try_number=1, map_index=-1,
+                         dag_version_id=uuid.uuid4(), pool_slots=1, priority_weight=1, queue="default")
+    run = {"dag_id": "d", "run_id": "r", "logical_date": now, "data_interval_start": now,
+           "data_interval_end": now, "run_after": now, "start_date": now, "end_date": None, "run_type": "manual",
+           "state": "running", "conf": {}, "consumed_asset_events": [], "partition_key": None, "clear_number": 0}
+    runtime_ti = TriggerRunner.create_runtime_ti(ti, DagSerialization.to_dict(dag), run)  # as the triggerer does
+    context = runtime_ti.get_template_context()
+    trigger = DbtNodeTrigger(unique_id="model.p.n", runtime_root="/tmp")
+    trigger.task_instance = runtime_ti
+    copy = weakref.ref(runtime_ti.task.dag)
+    gc.collect()
+    assert copy() is not None and context["dag"] is copy()  # the copy is held before
+    trigger.render_template_fields(context=context)
+    gc.collect()
+    assert copy() is None
+    assert trigger._run_identity() == ("d", "r", 1)  # what the trigger still needs
