@@ -156,8 +156,14 @@ def _render(project: DbtProject, *, serialised: bool, loaded: LoadedGraph | None
 def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, deps: BaseOperator | None,
                   args: dict[str, Any]) -> None:
     graph = loaded.graph
-    note = _DUCKDB_NOTE if graph.adapter_type == "duckdb" and serialised else ""
-    if graph.adapter_type == "duckdb" and not serialised:
+    note = ""
+    if graph.adapter_type == "duckdb" and project.execution == "streamed":
+        note = ("DuckDB allows one writing process per database file: here that is the producer's one "
+                "dbt build; a node task that builds its node itself (a retry or a clear) takes turns "
+                "on the file through the DuckDB lock.")
+    elif graph.adapter_type == "duckdb" and serialised:
+        note = _DUCKDB_NOTE
+    elif graph.adapter_type == "duckdb":
         note = ("DuckDB allows one writing process per database file: give these tasks a pool with one "
                 "slot (operator_args={'pool': ...}) or run the enclosing DAG with max_active_tasks=1.")
     ids = task_ids(graph)
