@@ -31,7 +31,10 @@ if NODES:
     # seed -> stg_a, stg_b -> mart_2, boom, flaky (three at once), relationships(mart_2, stg_a)
     parallel_dag = dbt_dag("smoke_nodes_duck_parallel",
                            DbtProject(project_dir=NODES, conn_id="smoke_nodes_duck_parallel",
-                                      select=["stg_a", "+mart_2", "+boom", "+flaky"]),
+                                      select=["stg_a", "+mart_2", "+boom", "+flaky"],
+                                      # dbt's eager selection also picks this test through stg_a, but its
+                                      # other parent, mart_1, is not built here, so it could only fail.
+                                      exclude=["relationships_mart_1_id__id__ref_stg_a_"]),
                            max_active_tasks=4, **COMMON)
 if SLOW:
     streamed_pg_dag = dbt_dag("smoke_streamed_pg", DbtProject(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ class _SharedReader:
         while self.users > 0:
             if await asyncio.to_thread(self.channel.poll, self._polled):
                 polled = self._polled
-                self.state = StreamState(dict(polled.results), polled.status, polled.seen)
+                self.state = replace(polled, results=dict(polled.results))  # every field, a copy
                 self.changed.set()
                 self.changed = asyncio.Event()
             await asyncio.sleep(self.interval)
