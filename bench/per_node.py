@@ -170,6 +170,7 @@ class Watch:
         self.profile = profile
         self.created: dict[int, datetime] = {}
         self.peak_rss: dict[str, float] = {}  # MB, per component (with its child processes)
+        self.cpu: dict[str, float] = {}  # CPU seconds during the run, per component and the whole machine
         self.spies: list[subprocess.Popen[bytes]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -181,6 +182,10 @@ class Watch:
         self.peak_rss.clear()
         self._stop.clear()
         procs = {name: psutil.Process(stack.procs[name].pid) for name in ("scheduler", "triggerer")}
+        everyone = {name: psutil.Process(p.pid) for name, p in stack.procs.items()}
+        self.cpu = {name: -_cpu(proc) for name, proc in everyone.items()}
+        self.cpu["machine"] = -_machine_cpu()
+        self._everyone = everyone
 
         def rss(proc: Any) -> float:
             total = 0
@@ -217,6 +222,9 @@ class Watch:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        for name, proc in self._everyone.items():
+            self.cpu[name] += _cpu(proc)
+        self.cpu["machine"] += _machine_cpu()
         for spy in self.spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         for spy in self.spies:
@@ -225,6 +233,27 @@ class Watch:
             except subprocess.TimeoutExpired:
                 spy.kill()
         self.spies.clear()
+
+
+def _cpu(proc: Any) -> float:
+    """CPU seconds of a process, its reaped children and its live ones (a LocalExecutor's workers)."""
+    import psutil
+
+    total = 0.0
+    for one in [proc, *proc.children(recursive=True)]:
+        try:
+            t = one.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _machine_cpu() -> float:
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.system + t.nice + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
 
 
 def timeline(meta: Any, where: str, created: dict[int, datetime], runtime: Path, dag_id: str,
@@ -328,8 +357,8 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
                 if watch is not None:
                     watch.stop()
                     print(timeline(meta, where, watch.created, runtime, dag["dag_id"], run_id)
-                          + "; peak RSS MB " + ", ".join(f"{k} {v:.0f}" for k, v in watch.peak_rss.items()),
-                          flush=True)
+                          + "; peak RSS MB " + ", ".join(f"{k} {v:.0f}" for k, v in watch.peak_rss.items())
+                          + "; CPU s " + ", ".join(f"{k} {v:.1f}" for k, v in watch.cpu.items()), flush=True)
                 row = rows[dag["dag_id"]]
                 if state != "success" and cosmos:
                     row.walls.append(_failed_run(meta, where, stack.home, row))

@@ -196,6 +196,39 @@ def test_retry_resumes_with_dbt_retry(dags: Any, mode: str, capfd: pytest.Captur
     assert ran == {"model.demo.flaky", "model.demo.flaky_child"}  # only the failed node and its child
 
 
+def test_short_deferrable_run_is_reported_without_deferring(dags: Any,
+                                                            capfd: pytest.CaptureFixture[str]) -> None:
+    """A resumed task waits MIN_DEFERRAL_SECONDS, so a build that ends sooner is seen from the worker."""
+    with capture_logs() as task_log:
+        dr = _run(dags, "duck_watched_build")
+    out = capfd.readouterr()
+    assert dr.state == "success", out.out[-4000:]
+    assert _xcom(dr)["summary"]["counts"] == {"success": 5, "pass": 4, "warn": 1}
+    log = "\n".join(str(e.get("event")) for e in task_log)
+    assert "started detached" in log and "reporting without deferring" in log, log
+    assert "deferring" not in log.replace("without deferring", ""), log  # the trigger never ran
+    assert log.count("OK model.demo.customer_orders") == 1 and log.count("dbt summary: 10 nodes") == 1, log
+    assert not any((RUNTIME / "deferred").iterdir())  # control dir removed
+
+
+def test_kill_before_deferral_cancels_the_detached_run(dags: Any, pg: PgServer) -> None:
+    op = _slow_op(deferrable=True, defer_after=600)
+    thread, errors = start_until_sleeping(lambda: op.execute(_context("kill_watched")), pg)  # type: ignore[arg-type]
+    assert list((RUNTIME / "deferred").iterdir())  # the run's control dir, while dbt runs
+    op.on_kill()  # what Airflow's SIGTERM handler does; it does not raise into execute
+    thread.join(60)
+    assert not thread.is_alive()
+    assert isinstance(errors[0], DbtCancelledException), errors
+    assert _no_dbt_processes(30)
+    assert pg.execute("select count(*) from pg_stat_activity where query like '%pg_sleep%' "
+                      "and pid <> pg_backend_pid()") == [(0,)]
+    deadline = time.monotonic() + 10  # the supervisor removes the control dir as it exits
+    while any((RUNTIME / "deferred").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any((RUNTIME / "deferred").iterdir())
+    assert not [p for p in (RUNTIME / "runs").iterdir() if "kill_watched" in p.name]
+
+
 def test_deferrable_needs_a_declared_shared_runtime_root(dags: Any, monkeypatch: pytest.MonkeyPatch,
                                                          capfd: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("DLH_DBT_SHARED_RUNTIME_ROOT")
@@ -234,7 +267,7 @@ def test_kill_deferred_task_cancels_the_detached_run(dags: Any, pg: PgServer) ->
     except ImportError:  # Airflow 3.1
         from airflow.exceptions import TaskDeferred
 
-    op = _slow_op(deferrable=True)
+    op = _slow_op(deferrable=True, defer_after=0)
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(_context("kill_deferred"))  # type: ignore[arg-type]
     trigger = deferred.value.trigger

@@ -34,6 +34,8 @@ def record_failure(context: Any) -> None:
 def _dag(dag_id: str, **op_kwargs: Any) -> DAG:
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
              tags=["dbt-tests"]) as dag:
+        if op_kwargs.get("deferrable"):  # defer at once: these runs are short, and the trigger is under test
+            op_kwargs.setdefault("defer_after", 0)
         op_kwargs.setdefault("keep_target_artifacts", True)
         op_kwargs.setdefault("on_failure_callback", record_failure)
         DbtOperator(task_id="dbt", dbt_project_dir=PROJECT, check_interval=0.5, **op_kwargs)
@@ -58,3 +60,5 @@ for mode, deferrable in (("sync", False), ("deferred", True)):
          select="+flaky_child", exclude="test_type:data", vars={"flaky": True},
          env_vars={"DLH_FLAKY_CSV": FLAKY_CSV}, retries=1, retry_delay=timedelta(seconds=0),
          on_retry_callback=_make_flaky_pass)
+# Deferrable, with the default wait before deferring: a short build is reported without deferring.
+_dag("duck_watched_build", command="build", conn_id="duck_ops", deferrable=True, defer_after=None)

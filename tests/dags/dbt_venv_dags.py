@@ -27,5 +27,5 @@ def _dag(dag_id: str, **op_kwargs: Any) -> DAG:
 
 
 _dag("venv_sync_build", venv_path=VENV)
-_dag("venv_deferred_build", venv_path=VENV, deferrable=True)
+_dag("venv_deferred_build", venv_path=VENV, deferrable=True, defer_after=0)
 _dag("venv_executable_build", dbt_executable=str(Path(VENV) / "bin" / "dbt"))

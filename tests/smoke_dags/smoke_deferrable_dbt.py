@@ -18,4 +18,4 @@ PROJECT = os.environ.get("DLH_SMOKE_PROJECT_DIR", "/nonexistent")
 with DAG("smoke_deferrable_dbt", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
          tags=["dbt-smoke"]):
     DbtOperator(task_id="dbt_build", command="build", dbt_project_dir=PROJECT, conn_id="smoke_duck",
-                deferrable=True, check_interval=1)
+                deferrable=True, defer_after=0, check_interval=1)

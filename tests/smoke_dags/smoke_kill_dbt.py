@@ -23,6 +23,6 @@ with DAG("smoke_kill_dbt", schedule=None, start_date=datetime(2026, 1, 1), catch
     for mode in ("sync", "deferred"):
         DbtOperator(task_id=f"slow_{mode}", command="build", select="+slow_model", dbt_project_dir=PROJECT,
                     conn_id="smoke_pg", vars={"slow_seconds": SLOW[mode]}, schema_override=f"smoke_{mode}",
-                    deferrable=mode == "deferred", check_interval=1, cancel_grace=10,
+                    deferrable=mode == "deferred", defer_after=0, check_interval=1, cancel_grace=10,
                     # Below Airflow 3.3 the killed trigger's silence is the kill: noticed after 15 s.
                     unwatched_timeout=15)

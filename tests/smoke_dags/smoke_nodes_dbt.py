@@ -39,4 +39,5 @@ if NODES:
 if SLOW:
     streamed_pg_dag = dbt_dag("smoke_streamed_pg", DbtProject(
         project_dir=SLOW, conn_id="smoke_stream_pg", execution="streamed",
-        operator_args={"cancel_grace": 10, "check_interval": 1}), **COMMON)
+        # The producer defers at once: the kill tests kill it while its trigger watches.
+        operator_args={"cancel_grace": 10, "check_interval": 1, "defer_after": 0}), **COMMON)

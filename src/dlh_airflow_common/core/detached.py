@@ -12,9 +12,10 @@ everything a watcher needs into a *control dir* under the runtime root:
         cancel          created by a watcher to ask for cancellation (SIGINT, grace, SIGKILL)
         abandoned       created with ``cancel`` when nobody will resume the task (a killed task):
                         the supervisor then removes this control dir itself when dbt has stopped
-        watched         touched by the trigger while it watches; when no trigger has touched it for
-                        ``unwatched_timeout`` seconds, the supervisor takes the task for killed
-                        (Airflow before 3.3 never calls a trigger's on_kill) and cancels as above
+        watched         touched by whoever watches (the task before it defers, then its trigger); when
+                        nobody has for ``unwatched_timeout`` seconds, the supervisor takes the
+                        task for killed (Airflow before 3.3 never calls a trigger's on_kill, and
+                        no trigger ever starts for a task killed just as it deferred) and cancels
         artifacts/      the run's manifest/run_results/sources/catalog, kept for the resuming task
 
 A watcher on another host sees all of it only when the runtime root is a shared volume.
@@ -35,7 +36,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from dlh_airflow_common.core.artifacts import ARTIFACTS, DOCS_PAGES, RunSummary
 from dlh_airflow_common.core.exceptions import DbtException
@@ -49,6 +50,9 @@ from dlh_airflow_common.core.stream import NODE_RESULTS, NodeResultWriter, NodeT
 
 TERMINAL = {"success", "failed", "cancelled"}
 HEARTBEAT_SECONDS = 5.0
+# How often a watcher (the trigger, or the task itself before it defers) stamps the ``watched`` file:
+# the supervisor cancels a run nobody has stamped for ``unwatched_timeout`` (a killed task).
+WATCHED_STAMP_SECONDS = 5.0
 _STATUS_LOCK = threading.Lock()
 
 
@@ -145,6 +149,22 @@ class ControlDir:
         if status is None or status.get("state") in TERMINAL or self.supervisor_gone(status):
             shutil.rmtree(self.path, ignore_errors=True)
 
+    def progress_since(self, offset: int) -> tuple[list[str], int]:
+        """The whole progress lines written after ``offset``, and the offset to read from next."""
+        try:
+            with self.progress.open("rb") as fh:
+                fh.seek(offset)
+                return whole_lines(fh), fh.tell()
+        except OSError:
+            return [], offset
+
+    def outcome(self, status: dict[str, Any], started_at: float | None,
+                state: str | None = None) -> dict[str, Any]:
+        """The event a finished run resumes its task with (from the trigger, or the worker's own watch)."""
+        return {"status": state or status.get("state"), "control_dir": str(self.path),
+                "result": status.get("result"), "error": status.get("error"), "host": status.get("host"),
+                "started_at": started_at}
+
     def progress_tail(self, lines: int = 30) -> str:
         try:
             text = self.progress.read_text(errors="replace")
@@ -164,6 +184,17 @@ class ControlDir:
         except PermissionError:
             return False
         return False
+
+
+def whole_lines(fh: BinaryIO | None) -> list[str]:
+    """The complete new lines of an open file (a partial last line waits for the next read)."""
+    if fh is None:
+        return []
+    start = fh.tell()
+    data = fh.read()
+    end = data.rfind(b"\n") + 1
+    fh.seek(start + end)
+    return [line for line in data[:end].decode(errors="replace").splitlines() if line.strip()]
 
 
 SUMMARY_PREFIX = "dbt summary:"  # how RunSummary.lines() starts: dbt's own summary has arrived

@@ -27,7 +27,12 @@ from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.lineage import emit_node_events
 from dlh_airflow_common.links import DbtArtifactsLink, DbtDocsLink
 from dlh_airflow_common.operators import settings, streamed
-from dlh_airflow_common.operators.deferral import DetachedRun, exception_from_event, trigger_deadline
+from dlh_airflow_common.operators.deferral import (
+    DetachedRun,
+    exception_from_event,
+    trigger_deadline,
+    watch_briefly,
+)
 from dlh_airflow_common.operators.reporting import Reporter
 from dlh_airflow_common.operators.retry_state import Plan, RetryState
 
@@ -94,6 +99,7 @@ class DbtOperator(BaseOperator):
     in_process: bool = False
     cancel_grace: float = 30.0
     unwatched_timeout: float | None = None
+    defer_after: float = MIN_DEFERRAL_SECONDS
     retention_max_age: float | None = None
     retention_keep: int | None = None
     dbt_unique_id: str | None = None
@@ -101,6 +107,7 @@ class DbtOperator(BaseOperator):
     stream_nodes: bool = False
     stream_from: str | None = None
     _hook: DbtHook | None = None
+    _watching: ControlDir | None = None  # the detached run this task watches before it defers
     _lineage: Any = None
     # Set by every __init__: command, env_vars, deferrable, extra_args, node_tests.
     command: str
@@ -150,6 +157,7 @@ class DbtOperator(BaseOperator):
         in_process: bool = False,
         cancel_grace: float = 30.0,
         unwatched_timeout: float | timedelta | None = None,
+        defer_after: float | timedelta | None = None,
         extra_args: Sequence[str] | str = (),
         retention_max_age: float | timedelta | None = None,
         retention_keep: int | None = None,
@@ -196,6 +204,10 @@ class DbtOperator(BaseOperator):
             # the trigger its task was killed. None: DLH_DBT_UNWATCHED_TIMEOUT / [dlh_dbt], else 180 s.
             "unwatched_timeout": unwatched_timeout.total_seconds() if isinstance(unwatched_timeout, timedelta)
             else unwatched_timeout,
+            # A deferrable task watches its dbt run itself this long before it defers: a resumed task
+            # waits at least MIN_DEFERRAL_SECONDS, so a shorter command ends sooner without deferring.
+            "defer_after": MIN_DEFERRAL_SECONDS if defer_after is None else
+            defer_after.total_seconds() if isinstance(defer_after, timedelta) else float(defer_after),
             # A string is a template rendered at run time (a list with render_template_as_native_obj).
             "extra_args": extra_args if isinstance(extra_args, str) else list(extra_args),
             # What old run dirs, retry state and control dirs to keep (see core/retention.py).
@@ -279,7 +291,7 @@ class DbtOperator(BaseOperator):
         maybe_prune(self._root(), settings.retention(self.retention_max_age, self.retention_keep))
         plan = self._plan(context)
         if self.deferrable or self.stream_nodes:
-            self._defer(context, plan, started)
+            return self._defer(context, plan, started)
         capture = Path(tempfile.mkdtemp(prefix="dbt-artifacts-"))
         try:
             self._hook = hook = self._make_hook(context, capture)
@@ -311,8 +323,10 @@ class DbtOperator(BaseOperator):
         """Cancel the running dbt (SIGINT, grace, SIGKILL); the hook then reports partial results."""
         if self._hook is not None:
             self._hook.cancel()
+        if self._watching is not None:
+            self._watching.abandon()  # the supervisor stops dbt and removes the dirs
 
-    def _defer(self, context: Context, plan: Plan, started: float) -> None:
+    def _defer(self, context: Context, plan: Plan, started: float) -> dict[str, Any]:
         settings.check_detachable(self._root(), in_process=self.in_process)
         hook = self._make_hook(context)
         identity = hook.identity or RunIdentity()
@@ -326,7 +340,16 @@ class DbtOperator(BaseOperator):
             stream_to=streamed.producer_dir(self._root(), context) if self.stream_nodes else None,
         )
         ctl = run.launch()
-        self.log.info("dbt %s started detached (control dir %s); deferring", plan.command, ctl.path)
+        self.log.info("dbt %s started detached (control dir %s)", plan.command, ctl.path)
+        self._watching = ctl
+        try:
+            status, relayed = watch_briefly(ctl, self.defer_after, self.log.info)
+        finally:
+            self._watching = None
+        if status is not None:
+            self.log.info("dbt ended within %.0fs: reporting without deferring", self.defer_after)
+            return self._complete(context, ctl.outcome(status, started))
+        self.log.info("dbt still running after %.0fs; deferring", self.defer_after)
         from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
 
         self.defer(
@@ -334,6 +357,7 @@ class DbtOperator(BaseOperator):
                 control_dir=str(ctl.path), check_interval=self.check_interval,
                 timeout_at=trigger_deadline(self.timeout), cancel_grace=self.cancel_grace,
                 started_at=started, resume_not_before=time.time() + MIN_DEFERRAL_SECONDS,
+                progress_offset=relayed,
             ),
             method_name="execute_complete",
         )
@@ -341,6 +365,9 @@ class DbtOperator(BaseOperator):
     @raised_to_airflow()
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: same results, errors and metrics as a synchronous run."""
+        return self._complete(context, event)
+
+    def _complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         if "outcome" in event:  # a node task of the streamed mode
             if streamed.outcome(event):
                 return self._run(context)  # the producer did not build the node: build it here

@@ -7,12 +7,18 @@ The spec written for the supervisor holds no secret values: the profile document
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlh_airflow_common.core.detached import ControlDir, DetachedSpec, launch
-from dlh_airflow_common.core.exceptions import DbtException, DbtTimeoutException, exception_from_dict
+from dlh_airflow_common.core.detached import TERMINAL, WATCHED_STAMP_SECONDS, ControlDir, DetachedSpec, launch
+from dlh_airflow_common.core.exceptions import (
+    DbtCancelledException,
+    DbtException,
+    DbtTimeoutException,
+    exception_from_dict,
+)
 from dlh_airflow_common.core.invoke import DbtCommand
 from dlh_airflow_common.core.profile_setup import ResolvedProfile, plain_env
 from dlh_airflow_common.core.runtime import RunIdentity
@@ -55,6 +61,43 @@ class DetachedRun:
             unwatched_timeout=self.unwatched_timeout, stream_nodes=self.stream_to is not None,
         )
         return launch(spec, self.runtime_root / "deferred", profile.secret_env, path=self.stream_to)
+
+
+POLL_SECONDS = 0.5
+
+
+def watch_briefly(ctl: ControlDir, seconds: float,
+                  relay: Callable[[str], None]) -> tuple[dict[str, Any] | None, int]:
+    """Watch a detached run from the task's own process for up to ``seconds`` before it defers.
+
+    A deferred task resumes no sooner than ``MIN_DEFERRAL_SECONDS`` after deferring (an Airflow race),
+    so a short dbt command is better seen out here. Returns the run's final status if it ended in
+    time (else None) and how much of its progress log was relayed, for the trigger to go on from.
+    Anything but a clean end (a lost supervisor, a timeout) is left to the trigger, which handles it.
+    """
+    deadline, stamped, offset, seen = time.monotonic() + seconds, -WATCHED_STAMP_SECONDS, 0, None
+    try:
+        while True:
+            if time.monotonic() - stamped >= WATCHED_STAMP_SECONDS:
+                stamped = time.monotonic()
+                ctl.mark_watched()
+            stamp = ctl.status_stamp()
+            status = ctl.read_status() if stamp != seen else None
+            vanished, seen = seen is not None and stamp is None, stamp
+            lines, offset = ctl.progress_since(offset)  # after the status: a final one's summary is in
+            for line in lines:
+                relay(line)
+            if status is not None and status.get("state") in TERMINAL:
+                return status, offset
+            if vanished or ctl.abandoned_flag.exists():
+                # on_kill abandoned the run (Airflow's SIGTERM handler returns; nothing else ends this)
+                raise DbtCancelledException("dbt was cancelled: the task was killed while it watched its run")
+            if time.monotonic() >= deadline:
+                return None, offset
+            time.sleep(POLL_SECONDS)
+    except BaseException:  # killed, or the task's execution_timeout: nobody will resume this run
+        ctl.abandon()
+        raise
 
 
 def trigger_deadline(timeout: float | None) -> float | None:

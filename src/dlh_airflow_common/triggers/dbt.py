@@ -14,16 +14,20 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from dlh_airflow_common.core.detached import SUMMARY_PREFIX, TERMINAL, ControlDir, partial_summary
+from dlh_airflow_common.core.detached import (
+    SUMMARY_PREFIX,
+    TERMINAL,
+    WATCHED_STAMP_SECONDS,
+    ControlDir,
+    partial_summary,
+    whole_lines,
+)
 
 STATUS_POLL_SECONDS = 0.5
-# How often the trigger stamps the control dir's ``watched`` file: the supervisor cancels a run no
-# trigger has stamped for ``unwatched_timeout`` (a killed task on Airflow < 3.3, see core.detached).
-WATCHED_STAMP_SECONDS = 5.0
 
 
 class DbtExecutionTrigger(BaseTrigger):
@@ -39,6 +43,7 @@ class DbtExecutionTrigger(BaseTrigger):
         visibility_timeout: float = 60.0,
         started_at: float | None = None,
         resume_not_before: float | None = None,
+        progress_offset: int = 0,
     ) -> None:
         super().__init__()
         self.control_dir = control_dir
@@ -52,7 +57,8 @@ class DbtExecutionTrigger(BaseTrigger):
         self.heartbeat_timeout = heartbeat_timeout
         self.visibility_timeout = visibility_timeout
         self.started_at = started_at  # when the task started (wall clock): the resumed task's duration
-        self._progress_offset = 0
+        # How much of progress.log the task already relayed (it watched the run a while itself).
+        self.progress_offset = progress_offset
         self._stamped = -WATCHED_STAMP_SECONDS
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -67,6 +73,7 @@ class DbtExecutionTrigger(BaseTrigger):
                 "visibility_timeout": self.visibility_timeout,
                 "started_at": self.started_at,
                 "resume_not_before": self.resume_not_before,
+                "progress_offset": self.progress_offset,
             },
         )
 
@@ -134,17 +141,8 @@ class DbtExecutionTrigger(BaseTrigger):
             await asyncio.to_thread(self._ctl.mark_watched)
 
     async def _relay_progress(self) -> None:
-        def read() -> list[str]:
-            try:
-                with self._ctl.progress.open("rb") as fh:
-                    fh.seek(self._progress_offset)
-                    lines = _whole_lines(fh)
-                    self._progress_offset = fh.tell()
-                    return lines
-            except OSError:
-                return []
-
-        for line in await asyncio.to_thread(read):
+        lines, self.progress_offset = await asyncio.to_thread(self._ctl.progress_since, self.progress_offset)
+        for line in lines:
             self.log.info("%s", line)
 
     def _error(self, message: str) -> TriggerEvent:
@@ -155,14 +153,7 @@ class DbtExecutionTrigger(BaseTrigger):
                              "started_at": self.started_at})
 
     def _event(self, status: dict[str, Any], state: str | None = None) -> TriggerEvent:
-        return TriggerEvent({
-            "status": state or status.get("state"),
-            "control_dir": self.control_dir,
-            "result": status.get("result"),
-            "error": status.get("error"),
-            "host": status.get("host"),
-            "started_at": self.started_at,
-        })
+        return TriggerEvent(self._ctl.outcome(status, self.started_at, state))
 
     async def _cancel_and_wait(self) -> dict[str, Any] | None:
         ctl = self._ctl
@@ -203,13 +194,13 @@ class DbtExecutionTrigger(BaseTrigger):
 
         def relay() -> None:
             nonlocal summarised
-            for line in _whole_lines(progress):
+            for line in whole_lines(progress):
                 self.log.info("%s", line)
                 summarised = summarised or line.startswith(SUMMARY_PREFIX)
 
         try:
             if progress is not None:
-                progress.seek(self._progress_offset)
+                progress.seek(self.progress_offset)
             first = await asyncio.to_thread(ctl.read_status)
             last = first or {}
             await asyncio.to_thread(ctl.abandon)
@@ -238,13 +229,3 @@ def _on_kill_budget() -> float:
 
     return max(0.0, conf.getfloat("triggerer", "on_kill_timeout", fallback=30) - 5)
 
-
-def _whole_lines(fh: BinaryIO | None) -> list[str]:
-    """The complete new lines of an open file (a partial last line waits for the next read)."""
-    if fh is None:
-        return []
-    start = fh.tell()
-    data = fh.read()
-    end = data.rfind(b"\n") + 1
-    fh.seek(start + end)
-    return [line for line in data[:end].decode(errors="replace").splitlines() if line.strip()]
