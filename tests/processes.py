@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tests.pgserver import PgServer
 
-_MODULES = (b"dlh_airflow_common._dbt_entry", b"dlh_airflow_common.core.detached")
+# A warm start's dbt is a fork of the warm server: its command line is the server's, its cwd the run's.
+_MODULES = (b"dlh_airflow_common._dbt_entry", b"dlh_airflow_common.core.detached", b"dlh_airflow_common.core.warm")
 _DBT_VARS = (b"DBT_PROJECT_DIR=", b"DBT_TARGET_PATH=", b"DBT_LOG_PATH=")
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
+
+import pytest
 
 from dlh_airflow_common.core import (
     ConnectionInfo,
@@ -17,7 +21,9 @@ from tests.processes import dbt_processes, group_pids, no_dbt_processes, start_u
 
 
 def test_helper_sees_a_running_dbt_and_then_none(demo_project: Path, pg_conn: ConnectionInfo,
-                                                   runtime_root: Path, pg: PgServer) -> None:
+                                                   runtime_root: Path, pg: PgServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DLH_DBT_WARM_START", "0")  # a cold start: the entry module's own command line
     runner = SubprocessRunner(cancel_grace=20)
     inv = DbtInvoker(demo_project, ProfileConfig(connection=pg_conn), runtime_root=runtime_root,
                      runner=runner)
@@ -36,3 +42,38 @@ def test_helper_sees_a_running_dbt_and_then_none(demo_project: Path, pg_conn: Co
     thread.join(60)
     assert isinstance(errors[0], DbtCancelledException)
     assert no_dbt_processes(runtime_root)
+
+
+def test_warm_start_forks_dbt_from_a_server_and_cancels_it(demo_project: Path, pg_conn: ConnectionInfo,
+                                                          runtime_root: Path, pg: PgServer, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second cold start on a host starts the warm server; later dbt processes are its forks."""
+    home = tmp_path / "warm"
+    monkeypatch.setenv("DLH_DBT_WARM_DIR", str(home))
+    monkeypatch.delenv("DLH_DBT_WARM_START", raising=False)
+    runner = SubprocessRunner(cancel_grace=20)
+    inv = DbtInvoker(demo_project, ProfileConfig(connection=pg_conn), runtime_root=runtime_root, runner=runner)
+    inv.invoke(DbtCommand("deps"))
+    assert not list(home.glob("*.sock"))  # one start on this host: no server
+    inv.invoke(DbtCommand("deps"))  # a second, soon after: a server starts for the next ones
+    deadline = time.monotonic() + 60
+    while not list(home.glob("*.sock")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(home.glob("*.sock")), [(p.name, p.read_text() if p.suffix == ".log" else "") for p in home.iterdir()]
+    assert oct(home.stat().st_mode & 0o777) == "0o700"
+    result = inv.invoke(DbtCommand("build", select="+stg_customers", exclude="test_type:data"))
+    assert result.success and result.summary.counts.get("success") == 2, result.summary  # seed + model
+    thread, errors = start_until_sleeping(lambda: inv.invoke(DbtCommand(
+        "build", select="+slow_model", vars={"slow_seconds": 120}, exclude="test_type:data")), pg)
+    pid = runner.pid
+    assert pid is not None
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert "dlh_airflow_common.core.warm" in cmdline, cmdline  # a fork of the server, not a new Python
+    assert os.getsid(pid) == pid  # its own session: cancellation signals its group only
+    assert any(s.startswith(f"{pid} ") for s in dbt_processes(runtime_root))
+    inv.cancel()
+    thread.join(60)
+    assert isinstance(errors[0], DbtCancelledException), errors
+    assert no_dbt_processes(runtime_root)
+    assert pg.execute("select count(*) from pg_stat_activity where query like '%pg_sleep%' "
+                      "and pid <> pg_backend_pid()") == [(0,)]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dlh_airflow_common._dbt_entry import exception_event
+from dlh_airflow_common.core import warm
 from dlh_airflow_common.core.exceptions import DbtException
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class SubprocessRunner:
             Path(self.executable).parent == Path(sys.executable).parent
         self.cancel_grace = cancel_grace
         self.inherit_env = inherit_env
-        self._proc: subprocess.Popen[str] | None = None
+        self._proc: subprocess.Popen[str] | warm.WarmProcess | None = None
         self._cancelled = threading.Event()
         self._lock = threading.RLock()  # cancel() may run in a signal handler on this thread
 
@@ -140,22 +141,25 @@ class SubprocessRunner:
             timeout: float | None = None) -> RunnerResult:
         self._cancelled.clear()
         timed_out = threading.Event()
+        proc: subprocess.Popen[str] | warm.WarmProcess | None = None
         if self._entry:
             argv = [sys.executable, "-m", "dlh_airflow_common._dbt_entry", *call.args]
             env = _silent_console(self._environment(call.env))
+            proc = warm.start(list(call.args), env, call.cwd)  # the same entry, forked with dbt imported
         else:
             argv, env = [self.executable, *call.args], self._environment(call.env)
-        proc = subprocess.Popen(
-            argv,
-            cwd=call.cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-            start_new_session=True,  # own process group: signals reach dbt and its children only
-        )
+        if proc is None:
+            proc = subprocess.Popen(
+                argv,
+                cwd=call.cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                bufsize=1,
+                start_new_session=True,  # own process group: signals reach dbt and its children only
+            )
         with self._lock:
             self._proc = proc
         timer: threading.Timer | None = None
@@ -190,7 +194,7 @@ class SubprocessRunner:
         self._cancelled.set()
         self._terminate(proc)
 
-    def _terminate(self, proc: subprocess.Popen[str]) -> None:
+    def _terminate(self, proc: subprocess.Popen[str] | warm.WarmProcess) -> None:
         pgid = proc.pid  # start_new_session made dbt the leader of its own group
         log.warning("Cancelling dbt (pid %s): SIGINT, up to %.0fs to stop", proc.pid, self.cancel_grace)
         _killpg(pgid, signal.SIGINT)
