@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,6 +71,7 @@ def test_warm_start_forks_dbt_from_a_server_and_cancels_it(demo_project: Path, p
         "build", select="+slow_model", vars={"slow_seconds": 120}, exclude="test_type:data")), pg)
     pid = runner.pid
     assert pid is not None
+    server = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     assert "dlh_airflow_common.core.warm" in cmdline, cmdline  # a fork of the server, not a new Python
     assert os.getsid(pid) == pid  # its own session: cancellation signals its group only
@@ -77,3 +82,37 @@ def test_warm_start_forks_dbt_from_a_server_and_cancels_it(demo_project: Path, p
     assert no_dbt_processes(runtime_root)
     assert pg.execute("select count(*) from pg_stat_activity where query like '%pg_sleep%' "
                       "and pid <> pg_backend_pid()") == [(0,)]
+    # A server killed outright leaves its socket: the next start is cold, clears it and starts a new one.
+    (sock,) = home.glob("*.sock")
+    os.kill(server, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while alive(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sock.exists()
+    inv.invoke(DbtCommand("deps"))
+    deadline = time.monotonic() + 60
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sock.exists(), "no new server after a stale socket"
+    (log,) = home.glob("*.log")
+    servers = [int(line.split()[3]) for line in log.read_text().splitlines() if " listening on " in line]
+    assert len(servers) == 2 and servers[0] == server and alive(servers[1]), servers
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def test_warm_server_is_not_shared_across_mount_namespaces() -> None:
+    """A fork sees its server's mounts: a client in another mount namespace must get its own server."""
+    probe = [sys.executable, "-c", "from dlh_airflow_common.core.warm import _key; print(_key())"]
+    here = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+    again = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+    other = subprocess.run(["unshare", "-m", *probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert here == again  # the same view of the host: the same server
+    assert other and other != here

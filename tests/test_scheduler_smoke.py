@@ -353,16 +353,15 @@ def test_scheduler_triggerer_run_deferrable_dbt(smoke: Smoke) -> None:
     assert no_dbt_processes(smoke.runtime, 30), dbt_processes(smoke.runtime)
 
 
-def _dbt_pids(home: Path) -> dict[int, str]:
-    """This stack's dbt processes and detached supervisors, by pid, with their command lines."""
+def _dbt_pids(runtime: Path) -> dict[int, str]:
+    """This stack's dbt processes (a new Python or a warm server's fork) and detached supervisors."""
     found = {}
-    for pid in pids_with_env(f"AIRFLOW_HOME={home}"):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "dlh_airflow_common._dbt_entry" in cmd or "dlh_airflow_common.core.detached" in cmd:
-            found[pid] = cmd
+    for line in dbt_processes(runtime):
+        pid, cmd = line.split(" ", 1)
+        if "core.detached" in cmd:
+            found[int(pid)] = cmd
+        elif "dlh_airflow_common._dbt_entry" in cmd or "dlh_airflow_common.core.warm" in cmd:
+            found[int(pid)] = f"dbt: {cmd}"
     return found
 
 
@@ -390,8 +389,8 @@ def test_marking_running_dbt_tasks_failed_stops_dbt_and_leaves_nothing(smoke: Sm
     _wait("both dbt tasks to be in pg_sleep", both_sleeping, stack, timeout=240)
     # What the kill must remove, seen first: two dbt processes and a supervisor, their two run dirs
     # and the deferred run's control dir.
-    before = _dbt_pids(smoke.home)
-    assert len([c for c in before.values() if "_dbt_entry" in c]) == 2, before
+    before = _dbt_pids(smoke.runtime)
+    assert len([c for c in before.values() if c.startswith("dbt: ")]) == 2, before
     assert len([c for c in before.values() if "core.detached" in c]) == 1, before
     assert len([p for p in (smoke.runtime / "runs").iterdir() if KILL_DAG_ID in p.name]) == 2
     assert len(list((smoke.runtime / "deferred").iterdir())) == 1
@@ -400,7 +399,7 @@ def test_marking_running_dbt_tasks_failed_stops_dbt_and_leaves_nothing(smoke: Sm
     for task_id in ("slow_sync", "slow_deferred"):
         smoke.api("PATCH", f"/api/v2/dags/{KILL_DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}",
                   {"new_state": "failed"})
-    _wait("dbt and its supervisor to exit", lambda: not _dbt_pids(smoke.home), stack,
+    _wait("dbt and its supervisor to exit", lambda: not _dbt_pids(smoke.runtime), stack,
           timeout=unwatched + grace + 30, interval=0.2)
     gone_after = time.monotonic() - killed
     _wait("the sleeping queries to end", lambda: not smoke.pg.execute(sleeping), stack,

@@ -65,8 +65,13 @@ def warm_dir() -> Path | None:
 
 
 def _key() -> str:
-    """Names the server: another Python, dbt or library version must not reuse it."""
-    parts = [sys.executable]
+    """Names the server: another Python, dbt or library version, or another view of the host, needs its own.
+
+    A forked child sees the server's filesystem, network and processes, not the client's: a client in
+    another container or mount namespace (a read-only bind mount of the project made with ``unshare``,
+    a sidecar sharing ``/tmp``) must get its own server, or dbt would not find the project it was given.
+    """
+    parts = [sys.executable, *_host_view()]
     for dist in ("dbt-core", "dlh-airflow-common"):
         try:
             parts.append(metadata.version(dist))
@@ -76,6 +81,20 @@ def _key() -> str:
     with contextlib.suppress(OSError):
         parts.append(str(entry.stat().st_mtime_ns))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _host_view() -> list[str]:
+    """The namespaces and root this process sees (Linux ``/proc/self/ns``; elsewhere only the root)."""
+    view = []
+    for ns in ("mnt", "net", "pid", "user", "uts", "ipc", "cgroup"):
+        try:
+            view.append(os.readlink(f"/proc/self/ns/{ns}"))
+        except OSError:
+            view.append("-")
+    with contextlib.suppress(OSError):
+        root = os.stat("/")
+        view.append(f"{root.st_dev}:{root.st_ino}")
+    return view
 
 
 def enabled() -> bool:
@@ -131,11 +150,20 @@ def start(argv: list[str], env: dict[str, str], cwd: Path | None) -> WarmProcess
     if not sock_path.exists():
         _maybe_spawn(home, key)
         return None
-    read_fd, write_fd = os.pipe()
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.settimeout(10)
         conn.connect(str(sock_path))
+    except OSError as exc:
+        conn.close()
+        if not _locked(home / f"{key}.lock"):  # its server died without cleaning up (SIGKILL, OOM)
+            log.debug("Removing the stale warm dbt socket %s (%s)", sock_path, exc)
+            with contextlib.suppress(OSError):
+                sock_path.unlink()
+            _maybe_spawn(home, key)
+        return None
+    read_fd, write_fd = os.pipe()
+    try:
         request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd) if cwd else None}).encode()
         conn.sendmsg([len(request).to_bytes(8, "big") + request],
                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [write_fd]))])
