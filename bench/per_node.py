@@ -288,7 +288,7 @@ def timeline(meta: Any, where: str, created: dict[int, datetime], runtime: Path,
 
 def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, dict[str, Any]],
              rows: dict[str, Row], rounds: int, timeout: float, watch: Watch | None = None,
-             cosmos: str | None = None, triggerers: int = 1) -> None:
+             cosmos: str | None = None, triggerers: int = 1, what_if_dag_cache: bool = False) -> None:
     """Run each DAG ``rounds`` times under one stack; ``cosmos``: that venv's python runs the stack
     (the Cosmos DAGs), and a failed run is a result (Cosmos LOCAL on DuckDB), not an error."""
     name = "cosmos" if cosmos else "ours"
@@ -324,10 +324,13 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
         assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
         stack.start("api-server", "--apps", "execution", "--host", "127.0.0.1", "--port", str(stack.api_port),
                     "--workers", "1")
-        for name in ("scheduler", "dag-processor", "triggerer"):
+        for name in ("scheduler", "dag-processor"):
             stack.start(name, *(() if name == "dag-processor" else ("--skip-serve-logs",)))
-        for extra in range(1, triggerers):
-            stack.start("triggerer", "--skip-serve-logs", label=f"triggerer{extra + 1}")
+        if what_if_dag_cache:  # bench/what_if_dag_cache/sitecustomize.py patches the triggerers only
+            stack.env = {**env, "PYTHONPATH": str(Path(__file__).with_name("what_if_dag_cache"))}
+        for extra in range(triggerers):
+            stack.start("triggerer", "--skip-serve-logs", label=f"triggerer{extra + 1}" if extra else None)
+        stack.env = env
         ids = [d["dag_id"] for d in dags]
         wanted = ", ".join(f"'{i}'" for i in ids)
         def parsed() -> bool:
@@ -439,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
                         "too: a first run pays a full parse)")
     parser.add_argument("--triggerers", type=int, default=1,
                         help="triggerers in our stack (>1: capacity about models / triggerers each)")
+    parser.add_argument("--what-if-dag-cache", action="store_true",
+                        help="bench only: patch our triggerers to keep one deserialized DAG per version "
+                        "(what an Airflow fix would give; see bench/what_if_dag_cache)")
     parser.add_argument("--cosmos-max", type=int, default=100,
                         help="largest size that also runs Cosmos 1.15 LOCAL and WATCHER (bench-only venv, "
                         "built once under bench/out like bench/render.py); 0: none")
@@ -511,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         watch = Watch(args.profile) if args.timeline or args.profile else None
         if dags:
             run_dags(root, pg, dags, conns, rows, args.rounds, timeout=3600, watch=watch,
-                     triggerers=args.triggerers)
+                     triggerers=args.triggerers, what_if_dag_cache=args.what_if_dag_cache)
         if cosmos_dags:
             run_dags(root, pg, cosmos_dags, {}, rows, args.rounds, timeout=3600, cosmos=cosmos_python())
     finally:
