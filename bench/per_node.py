@@ -214,7 +214,8 @@ class Watch:
             for name in ("triggerer", "scheduler"):
                 out = self.profile / f"{label}-{name}.txt"
                 self.spies.append(subprocess.Popen(
-                    [PY_SPY, "record", "--pid", str(stack.procs[name].pid), "--subprocesses", "--idle",
+                    [PY_SPY, "record", "--pid", str(stack.procs[name].pid), "--subprocesses",
+                     *(["--idle"] if os.environ.get("PY_SPY_IDLE", "1") == "1" else []),
                      "--rate", "20", "--format", "raw", "--output", str(out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
