@@ -280,11 +280,21 @@ def timeline(meta: Any, where: str, created: dict[int, datetime], runtime: Path,
     last = max((r["finished_at"] for r in rows if r.get("finished_at")), default="")
     made = sorted(created.values())
     producer = prod[0] if prod else (None, None)
+    steps = meta(f"select scheduled_dttm, queued_dttm, start_date, end_date from task_instance "
+                 f"where {where} and task_id <> 'dbt_producer'")
+    def med(pairs: list[tuple[Any, Any]]) -> str:
+        spans = sorted((b - a).total_seconds() for a, b in pairs if a and b)
+        return f"{spans[len(spans) // 2]:.2f}" if spans else "-"
+    busy = sum((e - s).total_seconds() for _, _, s, e in steps if s and e)
     return (f"    timeline (s from run start): producer start {at(producer[0])}, dbt first node start "
             f"{at(first)}, last node end {at(last)}, producer end {at(producer[1])}, triggers created "
             f"{at(made[0] if made else None)}..{at(made[-1] if made else None)} ({len(made)}), node tasks "
             f"started {at(nodes[0])}..{at(nodes[1])}, ended {at(nodes[2])}..{at(nodes[3])}, "
-            f"run end {at(end)}")
+            f"run end {at(end)}; node task medians s: scheduled->queued "
+            f"{med([(a, b) for a, b, _, _ in steps])}, queued->start "
+            f"{med([(b, c) for _, b, c, _ in steps])}, "
+            f"start->end {med([(c, d) for _, _, c, d in steps])}; "
+            f"mean tasks running {busy / (end - start).total_seconds():.1f}")
 
 
 def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, dict[str, Any]],
