@@ -55,8 +55,8 @@ PHASES: tuple[tuple[str, str, str | None, str, bool], ...] = (
      False),
     ("post: copy artifacts", "dlh_airflow_common.operators.dbt", None, "copy_artifacts", False),
     ("post: runtime cleanup", "dlh_airflow_common.core.runtime", "DbtRuntime", "cleanup", False),
-    ("post: metrics", "dlh_airflow_common.operators.dbt", None, "emit_run_metrics", False),
-    ("post: lineage", "dlh_airflow_common.operators.dbt", "DbtOperator", "_build_lineage", False),
+    ("post: metrics", "dlh_airflow_common.operators.reporting", None, "emit_run_metrics", False),
+    ("post: lineage", "dlh_airflow_common.operators.reporting", None, "task_lineage", False),
 )
 
 DAG_TEMPLATE = '''"""Written by bench/operator_build.py: an airflow dag with one DbtOperator build."""
@@ -69,7 +69,7 @@ from dlh_airflow_common.operators.dbt import DbtOperator
 
 with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
     DbtOperator(task_id="build", command="build", dbt_project_dir={project!r}, conn_id={conn_id!r},
-                keep_target_artifacts={keep!r})
+                keep_target_artifacts={keep!r}, select={select!r})
 '''
 
 
@@ -127,7 +127,8 @@ def cpu_seconds() -> float:
 
 
 # -- bare dbt ---------------------------------------------------------------------------------------
-def bare_build(project: Path, profiles_dir: Path, threads: int, json_logs: bool) -> Sample:
+def bare_build(project: Path, profiles_dir: Path, threads: int, json_logs: bool,
+               select: list[str] | None = None) -> Sample:
     """``dbt build`` in the project copy, as a user would run it (stdout captured, not shown)."""
     env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
     if json_logs:  # the log settings the library's runner gives dbt: isolates their cost
@@ -137,6 +138,8 @@ def bare_build(project: Path, profiles_dir: Path, threads: int, json_logs: bool)
     argv = [DBT, "build", "--project-dir", str(project), "--profiles-dir", str(profiles_dir)]
     if threads != PROFILE_THREADS:
         argv += ["--threads", str(threads)]
+    if select:
+        argv += ["--select", *select]
     shutil.rmtree(project / "logs", ignore_errors=True)  # dbt appends to dbt.log: one run per log
     start, cpu = time.perf_counter(), cpu_seconds()
     proc = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True)
@@ -148,14 +151,15 @@ def bare_build(project: Path, profiles_dir: Path, threads: int, json_logs: bool)
 
 
 # -- Airflow + DbtOperator ----------------------------------------------------------------------------
-def configure_airflow(base: Path, project: Path, warehouse: Path, threads: int, keep: bool) -> Path:
+def configure_airflow(base: Path, project: Path, warehouse: Path, threads: int, keep: bool,
+                      select: list[str] | None = None) -> Path:
     """Environment for Airflow and the library; must run before anything imports Airflow."""
     if any(name == "airflow" or name.startswith("airflow.") for name in sys.modules):
         raise RuntimeError("Airflow was imported before its environment was set")
     dags = base / "dags"
     dags.mkdir()
     (dags / "bench_dag.py").write_text(DAG_TEMPLATE.format(dag_id=DAG_ID, project=str(project), keep=keep,
-                                                           conn_id=CONN_ID))
+                                                           conn_id=CONN_ID, select=select))
     os.environ.update({
         "AIRFLOW_HOME": str(base / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
@@ -331,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also time bare dbt with the library's JSON log settings")
     parser.add_argument("--keep-target-artifacts", action="store_true",
                         help="operator keeps target and the debug dbt.log, as bare dbt does (like for like)")
+    parser.add_argument("--select", nargs="+", help="build only these nodes on both sides (a node task's "
+                        "build: e.g. m_000, a first-layer model with tests)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (task logs, projects)")
     args = parser.parse_args(argv)
 
@@ -341,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bare_project = Path(shutil.copytree(project, base / "bare_project"))
         profiles_dir = write_profiles(base / "profiles", base / "bare.duckdb")
         dags_folder = configure_airflow(base, project, base / "operator.duckdb", args.threads,
-                                        args.keep_target_artifacts)
+                                        args.keep_target_artifacts, args.select)
 
         from airflow.dag_processing.dagbag import DagBag
         from airflow.utils import db
@@ -363,9 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # (other load, page cache, CPU boost) must not favour one side.
             if i % 2:
                 test_wall, execute = operator_build(dag, log_file)
-            bare = bare_build(bare_project, profiles_dir, args.threads, json_logs=False)
-            bare_json = (bare_build(bare_project, profiles_dir, args.threads, json_logs=True)
-                         if args.bare_json_logs else None)
+            bare = bare_build(bare_project, profiles_dir, args.threads, json_logs=False, select=args.select)
+            bare_json = (bare_build(bare_project, profiles_dir, args.threads, json_logs=True,
+                                    select=args.select) if args.bare_json_logs else None)
             if not i % 2:
                 test_wall, execute = operator_build(dag, log_file)
             label = "warm-up" if i == 0 else f"round {i}/{args.repeat}"

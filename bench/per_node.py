@@ -493,9 +493,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  bare {key}: {[round(w, 1) for w in row.walls]}", flush=True)
             shapes = [("single", "isolated"), ("nodes", "streamed")]
             if models <= args.isolated_max:
-                shapes.append(("nodes", "isolated"))
+                shapes += [("nodes", "isolated"), ("nodes", "floor")]
             for shape, execution in shapes:
                 name = "single" if shape == "single" else f"nodes_{execution}"
+                if execution == "floor" and (not args.only or name not in args.only.split(",")):
+                    continue  # asked for by name only
                 if args.only and name not in args.only.split(","):
                     continue
                 dag_id = f"bench_{key}_{name}"
@@ -510,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                 dags.append({"dag_id": dag_id, "project_dir": str(project), "conn_id": cid, "shape": shape,
                              "execution": execution, "manifest_path": str(manifest),
                              "operator_args": OPERATOR_ARGS, "models": models,
-                             "warmup": args.warmup and execution != "isolated"})
+                             "warmup": args.warmup and execution not in ("isolated", "floor")})
                 rows[dag_id] = Row(f"ours: {name}", models, warehouse)
             for mode in ("local", "watcher") if models <= args.cosmos_max else ():
                 name = f"cosmos_{mode}"
@@ -552,7 +554,7 @@ def report(rows: dict[str, Row], args: argparse.Namespace) -> int:
             if ratio > args.max_streamed_ratio:
                 missed.append(f"streamed {row.warehouse} {row.models}: {ratio:.2f}x > "
                               f"{args.max_streamed_ratio}x")
-        elif row.name == "ours: nodes_isolated" or row.name == "ours: single":
+        elif row.name in ("ours: nodes_isolated", "ours: single", "ours: nodes_floor"):
             ratios.append(f"{row.name[6:]}/bare {row.warehouse} {row.models}={ratio:.2f}")
         elif row.name.startswith("Cosmos"):
             mode = row.name.rsplit(" ", 1)[1].lower()

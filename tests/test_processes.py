@@ -67,8 +67,13 @@ def test_warm_start_forks_dbt_from_a_server_and_cancels_it(demo_project: Path, p
     assert oct(home.stat().st_mode & 0o777) == "0o700"
     result = inv.invoke(DbtCommand("build", select="+stg_customers", exclude="test_type:data"))
     assert result.success and result.summary.counts.get("success") == 2, result.summary  # seed + model
+    (modules,) = home.glob("*.modules")  # what that fork imported, for the server to import once
+    assert oct(modules.stat().st_mode & 0o777) == "0o600" and "dbt.task.build" in modules.read_text()
     thread, errors = start_until_sleeping(lambda: inv.invoke(DbtCommand(
         "build", select="+slow_model", vars={"slow_seconds": 120}, exclude="test_type:data")), pg)
+    (server_log,) = home.glob("*.log")
+    assert "warm-up: parsed with duckdb, postgres" in server_log.read_text()
+    assert "preloaded" in server_log.read_text()  # before forking the slow build
     pid = runner.pid
     assert pid is not None
     server = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
@@ -116,3 +121,50 @@ def test_warm_server_is_not_shared_across_mount_namespaces() -> None:
     other = subprocess.run(["unshare", "-m", *probe], capture_output=True, text=True, check=True).stdout.strip()
     assert here == again  # the same view of the host: the same server
     assert other and other != here
+
+
+def test_warm_server_preloads_installed_modules_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module a dbt child imported is imported by the server only when it is installed with Python."""
+    from dlh_airflow_common.core.warmup import Preloader, record_imports
+
+    project_code = tmp_path / "project_code"
+    project_code.mkdir()
+    (project_code / "dlh_probe_user_module.py").write_text("IMPORTED = True\n")
+    monkeypatch.syspath_prepend(str(project_code))
+    for name in ("dlh_probe_user_module", "wave"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    before = list(sys.modules)
+    import wave  # noqa: F401  (stdlib: installed)
+
+    import dlh_probe_user_module  # type: ignore[import-not-found]  # noqa: F401  (a project's own code)
+
+    record_imports(tmp_path, "k", before)
+    for name in ("dlh_probe_user_module", "wave"):
+        del sys.modules[name]
+    loaded = Preloader(tmp_path, "k").preload()
+    assert "wave" in loaded and "wave" in sys.modules
+    assert "dlh_probe_user_module" not in loaded and "dlh_probe_user_module" not in sys.modules
+
+
+def test_warm_starts_stop_when_the_server_is_not_fork_safe(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server with a second (e.g. native) thread must not fork: the version falls back to cold starts."""
+    import threading
+
+    from dlh_airflow_common.core import warm
+
+    monkeypatch.setenv("DLH_DBT_WARM_DIR", str(tmp_path))
+    said: list[str] = []
+    assert warm._fork_safe(tmp_path, "k", said.append, "now")  # pytest's process: one thread
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert not warm._fork_safe(tmp_path, "k", said.append, "after importing x")
+    finally:
+        stop.set()
+        thread.join()
+    assert "2 threads after importing x" in said[0]
+    monkeypatch.setattr(warm, "_key", lambda: "k")
+    (tmp_path / "k.sock").touch()  # even with a socket there, no connect is tried
+    assert warm.start(["--version"], {}, None) is None

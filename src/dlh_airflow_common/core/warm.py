@@ -77,9 +77,9 @@ def _key() -> str:
             parts.append(metadata.version(dist))
         except metadata.PackageNotFoundError:
             parts.append("-")
-    entry = Path(__file__).with_name("warm.py")
-    with contextlib.suppress(OSError):
-        parts.append(str(entry.stat().st_mtime_ns))
+    for module in ("warm.py", "warmup.py"):  # the server's code: an edit in place needs a new server
+        with contextlib.suppress(OSError):
+            parts.append(str(Path(__file__).with_name(module).stat().st_mtime_ns))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
@@ -147,6 +147,8 @@ def start(argv: list[str], env: dict[str, str], cwd: Path | None) -> WarmProcess
         return None
     key = _key()
     sock_path = home / f"{key}.sock"
+    if _unsafe(home, key).exists():
+        return None
     if not sock_path.exists():
         _maybe_spawn(home, key)
         return None
@@ -241,6 +243,15 @@ def serve(home_dir: str, key: str) -> int:
     import dbt.cli.main  # noqa: F401  (the point of this server: children start with dbt imported)
 
     import dlh_airflow_common._dbt_entry  # noqa: F401
+    from dlh_airflow_common.core.warmup import Preloader, timed_warm_up
+
+    def say(text: str) -> None:
+        print(f"warm dbt server {os.getpid()}: {text}", flush=True)
+
+    timed_warm_up(home, say)  # before listening: a client meanwhile starts cold, as with no server
+    preloader = Preloader(home, key)
+    if not _fork_safe(home, key, say, "after the warm-up"):
+        return 0
 
     sock_path = home / f"{key}.sock"
     with contextlib.suppress(FileNotFoundError):
@@ -256,9 +267,10 @@ def serve(home_dir: str, key: str) -> int:
     children: dict[int, socket.socket] = {}
     last = time.monotonic()
     print(f"warm dbt server {os.getpid()} listening on {sock_path}", flush=True)
+    accepting = True
     try:
-        while children or time.monotonic() - last < _IDLE_SECONDS:
-            ready = select.select([listener, wake_r], [], [], 5.0)[0]
+        while children or (accepting and time.monotonic() - last < _IDLE_SECONDS):
+            ready = select.select([listener, wake_r] if accepting else [wake_r], [], [], 5.0)[0]
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
@@ -266,16 +278,45 @@ def serve(home_dir: str, key: str) -> int:
             if listener in ready:
                 conn, _ = listener.accept()
                 last = time.monotonic()
+                loaded = preloader.preload()
+                if loaded:
+                    say(f"preloaded {len(loaded)} modules its dbt processes imported")
+                    if not _fork_safe(home, key, say, f"after importing {', '.join(loaded)}"):
+                        conn.close()  # this client starts dbt cold; running children finish first
+                        accepting = False
+                        _stop_listening(sock_path, listener)
+                        continue
                 with contextlib.suppress(OSError, ValueError):
-                    pid = _fork_child(conn, listener, wake_r, wake_w)
+                    pid = _fork_child(conn, listener, wake_r, wake_w, home, key)
                     children[pid] = conn
                     continue
                 conn.close()
     finally:
-        with contextlib.suppress(OSError):
-            sock_path.unlink()  # new clients start cold (and spawn a server) from here on
-        listener.close()
+        _stop_listening(sock_path, listener)
     return 0
+
+
+def _stop_listening(sock_path: Path, listener: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock_path.unlink()  # new clients start cold (and spawn a server) from here on
+    listener.close()
+
+
+def _fork_safe(home: Path, key: str, say: Any, when: str) -> bool:
+    """False (and no warm starts for this key from now on) when the server has more than one thread."""
+    from dlh_airflow_common.core.warmup import os_threads
+
+    threads = os_threads()
+    if threads == 1:
+        return True
+    say(f"{threads} threads {when}: forking would copy locks those threads hold; no warm starts "
+        f"for this version (remove {_unsafe(home, key)} to try again)")
+    _touch(_unsafe(home, key))
+    return False
+
+
+def _unsafe(home: Path, key: str) -> Path:
+    return home / f"{key}.unsafe"
 
 
 def _reap(children: dict[int, socket.socket]) -> None:
@@ -293,7 +334,8 @@ def _reap(children: dict[int, socket.socket]) -> None:
             conn.close()
 
 
-def _fork_child(conn: socket.socket, listener: socket.socket, wake_r: int, wake_w: int) -> int:
+def _fork_child(conn: socket.socket, listener: socket.socket, wake_r: int, wake_w: int, home: Path,
+                key: str) -> int:
     conn.settimeout(10)
     header, fds, _flags, _addr = conn.recvmsg(8, socket.CMSG_SPACE(array.array("i", [0]).itemsize))
     out_fd = -1
@@ -335,8 +377,11 @@ def _fork_child(conn: socket.socket, listener: socket.socket, wake_r: int, wake_
             os.environ.update(request["env"])
             sys.argv = ["dbt", *request["argv"]]
             from dlh_airflow_common._dbt_entry import main
+            from dlh_airflow_common.core.warmup import record_imports
 
+            before = list(sys.modules)
             code = main(list(request["argv"]))
+            record_imports(home, key, before)  # the server imports them for the next forks
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:  # the child must never return into the server loop
