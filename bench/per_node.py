@@ -456,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--what-if-dag-cache", action="store_true",
                         help="bench only: patch our triggerers to keep one deserialized DAG per version "
                         "(what an Airflow fix would give; see bench/what_if_dag_cache)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (task logs, projects)")
     parser.add_argument("--cosmos-max", type=int, default=100,
                         help="largest size that also runs Cosmos 1.15 LOCAL and WATCHER (bench-only venv, "
                         "built once under bench/out like bench/render.py); 0: none")
@@ -535,7 +536,10 @@ def main(argv: list[str] | None = None) -> int:
             run_dags(root, pg, cosmos_dags, {}, rows, args.rounds, timeout=3600, cosmos=cosmos_python())
     finally:
         pg.destroy()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept {root} (task logs under airflow*/logs)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return report(rows, args)
 
 
