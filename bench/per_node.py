@@ -440,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--isolated-max", type=int, default=100,
                         help="largest size that also runs nodes/isolated (serial on DuckDB: ~3 s per task)")
     parser.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL rows")
+    parser.add_argument("--no-duckdb", action="store_true", help="skip the DuckDB rows (PostgreSQL only)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 30 models, no isolated/PG")
     parser.add_argument("--max-streamed-ratio", type=float, default=1.5)
     parser.add_argument("--only", default="", help="comma-separated DAG rows to run (single, nodes_streamed, "
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs (shared: expect noise)\nscheduler settings: {SCHEDULER}\n"
           f"operator args: {OPERATOR_ARGS}", flush=True)
     try:
-        targets: list[tuple[int, str]] = [(n, "duckdb") for n in sizes]
+        targets: list[tuple[int, str]] = [] if args.no_duckdb else [(n, "duckdb") for n in sizes]
         if not args.no_pg:
             targets.append((min(sizes), "postgres"))
         for models, warehouse in targets:
