@@ -389,8 +389,8 @@ def test_metrics_report_duration_nodes_and_retries(dags: Any, mode: str,
     names = metrics
     assert names[("incr", "dbt.nodes.success")] == 5 and names[("incr", "dbt.nodes.warn")] == 1
     assert names[("incr", "dbt.run.success")] == 1
-    # the duration covers the dbt run (seconds), not just the resumed method (milliseconds)
-    assert 1000 < names[("timing", "dbt.run.duration")] < wall * 1000
+    # the duration covers the dbt run (a warm 6-node build: 0.5-1 s), not just the resumed method (a few ms)
+    assert 300 < names[("timing", "dbt.run.duration")] < wall * 1000
 
 
 @pytest.mark.parametrize("mode", ["sync", "deferred"])
