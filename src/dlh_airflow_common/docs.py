@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,23 @@ def _publish_remote(artifacts: Path, files: list[str], location: str, conn_id: s
     return str(base)
 
 
+def _read_pointer(pointer: Any, attempts: int = 20) -> str | None:
+    """The CURRENT pointer's version, None when there is none.
+
+    A PUT to S3 or GCS is atomic, but not every filesystem behind ObjectStoragePath is: fsspec's
+    memory store and plain files show an empty object while it is written. An empty read is retried
+    briefly instead of being taken for version "".
+    """
+    for _ in range(attempts):
+        if not pointer.exists():
+            return None
+        text = str(pointer.read_text()).strip()
+        if text:
+            return text
+        time.sleep(0.05)
+    return ""
+
+
 class DocsSite:
     """Reads the published sites back, for the API server's docs app."""
 
@@ -205,9 +223,8 @@ class DocsSite:
         if _is_local(self.location):
             version = _local_current(_local(self.location) / project)
         else:
-            pointer = _storage(self.location, self.conn_id) / project / "CURRENT"
-            version = pointer.read_text().strip() if pointer.exists() else None
-            if version and not _VERSION.match(version):
+            version = _read_pointer(_storage(self.location, self.conn_id) / project / "CURRENT")
+            if version is not None and not _VERSION.match(version):
                 raise DocsError(f"the docs pointer of {project!r} is corrupt: {version[:40]!r}")
         if version is None:
             raise DocsError(f"no dbt docs published for project {project!r} under {self.location}; "
