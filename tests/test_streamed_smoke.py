@@ -143,6 +143,14 @@ def _trigger_says(smoke: Smoke, dag_id: str, run_id: str, task_id: str, text: st
         time.sleep(0.2)
 
 
+def _trigger_started(smoke: Smoke, dag_id: str, run_id: str, task_id: str) -> bool:
+    """The triggerer runs this task's trigger. A task is "deferred" before then, and one marked failed
+    in between never gets ``on_kill`` (its run stops only after ``unwatched_timeout``, as the README
+    says): a warm dbt reaches pg_sleep within a second, often before the triggerer's next loop."""
+    task_dir = smoke.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    return any(") starting" in p.read_text(errors="replace") for p in task_dir.glob("*.trigger.*"))
+
+
 def test_streamed_nodes_run_without_a_worker(smoke: Smoke) -> None:
     run_id = "streamed_run"
     _trigger(smoke, STREAMED, run_id)
@@ -226,7 +234,8 @@ def _mark_failed_mid_sleep(smoke: Smoke, run_id: str, what: str, body: dict[str,
     def sleeping() -> bool:  # dbt in pg_sleep, the producer and the slow node tasks in the triggerer
         states = _states(smoke, STREAMED_PG, run_id)
         return bool(smoke.pg.execute(SLEEPING)) and all(
-            states.get(t) == "deferred" for t in (PRODUCER, "model.slow", "model.slow_child"))
+            states.get(t) == "deferred" for t in (PRODUCER, "model.slow", "model.slow_child")) and all(
+            _trigger_started(smoke, STREAMED_PG, run_id, t) for t in (PRODUCER, "model.slow"))
 
     _wait("dbt to be in pg_sleep", sleeping, smoke.stack, timeout=240)
     # What the kill must remove, seen first: dbt running, its run dir, the producer's control dir.
