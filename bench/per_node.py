@@ -60,9 +60,9 @@ SCHEDULER = {
     "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
     "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
     "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-    # Airflow 3.3.2's task supervisor can miss its task process's exit by ~2 ms (its sockets close just
-    # before it is reapable) and then sleeps this long on an empty selector, holding the executor slot:
-    # measured on 40-80% of tasks here. 1 s bounds that loss (default 5); heartbeats come at most 1/s.
+    # Airflow 3.3.2's task supervisor can miss its task process's exit by a few ms (its sockets close
+    # just before it is reapable) and then sleeps this long on an empty selector, holding the executor
+    # slot (see --probe-supervisor). 1 s bounds that loss (default 5); heartbeats come at most 1/s.
     "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
     "AIRFLOW__TRIGGERER__CAPACITY": "1000",
     "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
@@ -303,7 +303,8 @@ def timeline(meta: Any, where: str, created: dict[int, datetime], runtime: Path,
 
 def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, dict[str, Any]],
              rows: dict[str, Row], rounds: int, timeout: float, watch: Watch | None = None,
-             cosmos: str | None = None, triggerers: int = 1, what_if_dag_cache: bool = False) -> None:
+             cosmos: str | None = None, triggerers: int = 1, what_if_dag_cache: bool = False,
+             probe_supervisor: bool = False) -> None:
     """Run each DAG ``rounds`` times under one stack; ``cosmos``: that venv's python runs the stack
     (the Cosmos DAGs), and a failed run is a result (Cosmos LOCAL on DuckDB), not an error."""
     name = "cosmos" if cosmos else "ours"
@@ -339,8 +340,13 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
         assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
         stack.start("api-server", "--apps", "execution", "--host", "127.0.0.1", "--port", str(stack.api_port),
                     "--workers", "1")
-        for name in ("scheduler", "dag-processor"):
-            stack.start(name, *(() if name == "dag-processor" else ("--skip-serve-logs",)))
+        probe = Path(env["AIRFLOW_HOME"]) / "supervisor_probe.txt"
+        if probe_supervisor:  # bench/supervisor_probe/sitecustomize.py, in the scheduler's workers only
+            stack.env = {**env, "PYTHONPATH": str(BENCH / "supervisor_probe"),
+                         "DLH_BENCH_SUPERVISOR_PROBE": str(probe)}
+        stack.start("scheduler", "--skip-serve-logs")
+        stack.env = env
+        stack.start("dag-processor")
         if what_if_dag_cache:  # bench/what_if_dag_cache/sitecustomize.py patches the triggerers only
             stack.env = {**env, "PYTHONPATH": str(Path(__file__).with_name("what_if_dag_cache"))}
         for extra in range(triggerers):
@@ -398,10 +404,23 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
                 row.tails.append((end - (dbt_end or last)).total_seconds())
                 print(f"  {dag['dag_id']} {run_id}: {row.walls[-1]:.1f}s "
                       f"(tail {row.tails[-1]:.1f}s{producer}; loadavg {_load()})", flush=True)
+                if probe_supervisor:
+                    print("    " + _probed(probe, meta(f"select count(*) from task_instance where {where} "
+                                                        "and hostname <> ''")[0][0]), flush=True)
     finally:
         left = stack.stop()
         if left:
             print(f"WARNING: processes left after stop: {left}")
+
+
+def _probed(probe: Path, workloads: int) -> str:
+    """What the supervisor probe saw since it was last read: waits on an empty selector."""
+    waits = [float(x) for x in probe.read_text().split()] if probe.exists() else []
+    probe.unlink(missing_ok=True)
+    return (f"supervisor: {len(waits)} of {workloads} worker tasks waited on no socket after their process "
+            f"closed its sockets, {sum(waits):.1f}s in all (median "
+            f"{statistics.median(waits) if waits else 0:.2f}s; [workers] min_heartbeat_interval "
+            f"{SCHEDULER['AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL']})")
 
 
 def _failed_run(meta: Any, where: str, home: Path, row: Row) -> float:
@@ -461,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--what-if-dag-cache", action="store_true",
                         help="bench only: patch our triggerers to keep one deserialized DAG per version "
                         "(what an Airflow fix would give; see bench/what_if_dag_cache)")
+    parser.add_argument("--probe-supervisor", action="store_true",
+                        help="bench only: count the task supervisor's waits on an empty selector (see "
+                        "bench/supervisor_probe)")
+    parser.add_argument("--heartbeat-interval", type=float, default=1.0,
+                        help="[workers] min_heartbeat_interval of every stack (Airflow's default: 5)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (task logs, projects)")
     parser.add_argument("--cosmos-max", type=int, default=100,
                         help="largest size that also runs Cosmos 1.15 LOCAL and WATCHER (bench-only venv, "
@@ -471,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.models == parser.get_default("models"):
             args.models = "30"
     sizes = [int(s) for s in args.models.split(",")]
+    SCHEDULER["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] = f"{args.heartbeat_interval:g}"
     from tests.pgserver import PgServer
 
     root = Path(tempfile.mkdtemp(prefix="dlh-bench-pernode-"))
@@ -536,9 +561,11 @@ def main(argv: list[str] | None = None) -> int:
         watch = Watch(args.profile) if args.timeline or args.profile else None
         if dags:
             run_dags(root, pg, dags, conns, rows, args.rounds, timeout=3600, watch=watch,
-                     triggerers=args.triggerers, what_if_dag_cache=args.what_if_dag_cache)
+                     triggerers=args.triggerers, what_if_dag_cache=args.what_if_dag_cache,
+                     probe_supervisor=args.probe_supervisor)
         if cosmos_dags:
-            run_dags(root, pg, cosmos_dags, {}, rows, args.rounds, timeout=3600, cosmos=cosmos_python())
+            run_dags(root, pg, cosmos_dags, {}, rows, args.rounds, timeout=3600, cosmos=cosmos_python(),
+                     probe_supervisor=args.probe_supervisor)
     finally:
         pg.destroy()
         if args.keep:
