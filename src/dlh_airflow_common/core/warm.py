@@ -243,12 +243,12 @@ def serve(home_dir: str, key: str) -> int:
     import dbt.cli.main  # noqa: F401  (the point of this server: children start with dbt imported)
 
     import dlh_airflow_common._dbt_entry  # noqa: F401
-    from dlh_airflow_common.core.warmup import Preloader, timed_warm_up
+    from dlh_airflow_common.core.warmup import Preloader, warm_up
 
     def say(text: str) -> None:
         print(f"warm dbt server {os.getpid()}: {text}", flush=True)
 
-    timed_warm_up(home, say)  # before listening: a client meanwhile starts cold, as with no server
+    warm_up(home, say)  # before listening: a client meanwhile starts cold, as with no server
     preloader = Preloader(home, key)
     if not _fork_safe(home, key, say, "after the warm-up"):
         return 0

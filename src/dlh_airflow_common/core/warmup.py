@@ -50,9 +50,11 @@ _PROJECT = {
 
 
 def warm_up(work_dir: Path, say: Any = print) -> list[str]:
-    """Parse the bundled project with every installed adapter of :data:`PROFILES`; the adapters parsed."""
+    """Parse the bundled project with every installed adapter of :data:`PROFILES`, say how long it took
+    in the server's log; the adapters parsed."""
     from dbt.cli.main import dbtRunner
 
+    started = time.monotonic()
     done: list[str] = []
     for adapter, output in PROFILES.items():
         if importlib.util.find_spec(f"dbt.adapters.{adapter}") is None:
@@ -81,6 +83,7 @@ def warm_up(work_dir: Path, say: Any = print) -> list[str]:
             say(f"warm-up with {adapter} skipped: {exc}")
         finally:
             shutil.rmtree(project, ignore_errors=True)
+    say(f"warm-up: parsed with {', '.join(done) or 'no adapter'} in {time.monotonic() - started:.1f}s")
     return done
 
 
@@ -161,10 +164,3 @@ class Preloader:
         places = ([spec.origin] if spec.has_location and spec.origin
                   else list(spec.submodule_search_locations or []))
         return bool(places) and all(os.path.realpath(p).startswith(self._roots) for p in places)
-
-
-def timed_warm_up(work_dir: Path, say: Any = print) -> None:
-    """:func:`warm_up`, reported in the server's log."""
-    started = time.monotonic()
-    done = warm_up(work_dir, say)
-    say(f"warm-up: parsed with {', '.join(done) or 'no adapter'} in {time.monotonic() - started:.1f}s")
