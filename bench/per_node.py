@@ -370,6 +370,7 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
                 wait(f"{dag['dag_id']} warm-up", lambda q=done: next((r[0] for r in meta(q)), None), timeout)
             for n in range(rounds):
                 run_id = f"r{n}"
+                probe.unlink(missing_ok=True)  # counts this run only (not the warm-up's)
                 if watch is not None:
                     watch.start(meta, stack, f"{dag['dag_id']}-{run_id}")
                 trig = stack.cli("dags", "trigger", dag["dag_id"], "-r", run_id)
@@ -405,20 +406,24 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
                 print(f"  {dag['dag_id']} {run_id}: {row.walls[-1]:.1f}s "
                       f"(tail {row.tails[-1]:.1f}s{producer}; loadavg {_load()})", flush=True)
                 if probe_supervisor:
-                    print("    " + _probed(probe, meta(f"select count(*) from task_instance where {where} "
-                                                        "and hostname <> ''")[0][0]), flush=True)
+                    print("    " + _probed(probe), flush=True)
     finally:
         left = stack.stop()
         if left:
             print(f"WARNING: processes left after stop: {left}")
 
 
-def _probed(probe: Path, workloads: int) -> str:
-    """What the supervisor probe saw since it was last read: waits on an empty selector."""
-    waits = [float(x) for x in probe.read_text().split()] if probe.exists() else []
-    probe.unlink(missing_ok=True)
-    return (f"supervisor: {len(waits)} of {workloads} worker tasks waited on no socket after their process "
-            f"closed its sockets, {sum(waits):.1f}s in all (median "
+def _probed(probe: Path) -> str:
+    """What the supervisor probe saw in this run: waits on an empty selector, and supervised processes.
+
+    A DAG run ends before its last supervisors have finished such a wait: give them one interval.
+    """
+    time.sleep(int(SCHEDULER["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"]) + 1)
+    lines = probe.read_text().splitlines() if probe.exists() else []
+    waits = [float(line.split()[1]) for line in lines if line.startswith("wait ")]
+    done = sum(line == "done" for line in lines)
+    return (f"supervisor: {len(waits)} of {done} task processes' supervisors waited on no socket after the "
+            f"process closed its sockets, {sum(waits):.1f}s in all (median "
             f"{statistics.median(waits) if waits else 0:.2f}s; [workers] min_heartbeat_interval "
             f"{SCHEDULER['AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL']})")
 
@@ -483,8 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-supervisor", action="store_true",
                         help="bench only: count the task supervisor's waits on an empty selector (see "
                         "bench/supervisor_probe)")
-    parser.add_argument("--heartbeat-interval", type=float, default=1.0,
-                        help="[workers] min_heartbeat_interval of every stack (Airflow's default: 5)")
+    parser.add_argument("--heartbeat-interval", type=int, default=1,
+                        help="[workers] min_heartbeat_interval of every stack, whole seconds >= 1 "
+                        "(Airflow reads an int; its default: 5)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (task logs, projects)")
     parser.add_argument("--cosmos-max", type=int, default=100,
                         help="largest size that also runs Cosmos 1.15 LOCAL and WATCHER (bench-only venv, "
@@ -495,7 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.models == parser.get_default("models"):
             args.models = "30"
     sizes = [int(s) for s in args.models.split(",")]
-    SCHEDULER["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] = f"{args.heartbeat_interval:g}"
+    if args.heartbeat_interval < 1:
+        parser.error("--heartbeat-interval must be a whole number of seconds >= 1")
+    SCHEDULER["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] = str(args.heartbeat_interval)
     from tests.pgserver import PgServer
 
     root = Path(tempfile.mkdtemp(prefix="dlh-bench-pernode-"))
