@@ -239,3 +239,18 @@ def test_a_trigger_started_in_the_triggerer_lets_go_of_its_copy_of_the_dag() -> 
     gc.collect()
     assert copy() is None
     assert trigger._run_identity() == ("d", "r", 1)  # what the trigger still needs
+
+
+def test_a_node_trigger_logging_to_a_full_log_never_blocks_the_triggerer_loop(tmp_path: Path) -> None:
+    """Airflow 3.3.2's triggerer deadlocks when a trigger blocks its loop on a full log socket (README)."""
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+    from tests.test_trigger import BlockingLog, first_event_with
+
+    _control_dir(tmp_path, state="running", heartbeat=time.time(), results=[
+        _row("model.p.a", "success"), _row("test.p.t", "warn", "1 row")])
+    trigger = DbtNodeTrigger(unique_id="model.p.a", tests=["test.p.t"], runtime_root=str(tmp_path),
+                             end_task=False, dag_id="d", run_id="r", try_number=1, poll_interval=0.05)
+    log = BlockingLog()
+    assert first_event_with(trigger, log)["outcome"] == "success"
+    assert [line.split(":")[0] for line in log.lines] == ["model.p.a", "test.p.t", "model.p.a built (0.5s)"]
+    assert min(log.during) > 10, f"event loop ticks during each blocked write: {log.during}"

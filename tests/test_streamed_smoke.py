@@ -122,6 +122,10 @@ def _worker_trace(row: tuple[object, ...], task_dir: Path) -> list[str]:
     return trace
 
 
+def _task_log_dir(smoke: Smoke, dag_id: str, run_id: str, task_id: str) -> Path:
+    return smoke.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+
+
 def _trigger_says(smoke: Smoke, dag_id: str, run_id: str, task_id: str, text: str) -> str:
     """The triggerer's log line of this task holding ``text``, waited for up to 15 s ("" if none).
 
@@ -129,7 +133,7 @@ def _trigger_says(smoke: Smoke, dag_id: str, run_id: str, task_id: str, text: st
     several triggers fire at the same moment, the last lines of some reach only the triggerer's own
     output (seen here): both are read, the line there tagged with the task.
     """
-    task_dir = smoke.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    task_dir = _task_log_dir(smoke, dag_id, run_id, task_id)
     tag = f"task_id={task_id} "
     deadline = time.monotonic() + 15
     while True:
@@ -147,7 +151,7 @@ def _trigger_started(smoke: Smoke, dag_id: str, run_id: str, task_id: str) -> bo
     """The triggerer runs this task's trigger. A task is "deferred" before then, and one marked failed
     in between never gets ``on_kill`` (its run stops only after ``unwatched_timeout``, as the README
     says): a warm dbt reaches pg_sleep within a second, often before the triggerer's next loop."""
-    task_dir = smoke.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    task_dir = _task_log_dir(smoke, dag_id, run_id, task_id)
     return any(") starting" in p.read_text(errors="replace") for p in task_dir.glob("*.trigger.*"))
 
 

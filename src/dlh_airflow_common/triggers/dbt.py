@@ -26,6 +26,7 @@ from dlh_airflow_common.core.detached import (
     partial_summary,
     whole_lines,
 )
+from dlh_airflow_common.triggers.logs import write_lines
 
 STATUS_POLL_SECONDS = 0.5
 
@@ -142,8 +143,7 @@ class DbtExecutionTrigger(BaseTrigger):
 
     async def _relay_progress(self) -> None:
         lines, self.progress_offset = await asyncio.to_thread(self._ctl.progress_since, self.progress_offset)
-        for line in lines:
-            self.log.info("%s", line)
+        await write_lines(self.log, [("info", line) for line in lines])
 
     def _error(self, message: str) -> TriggerEvent:
         tail = self._ctl.progress_tail()

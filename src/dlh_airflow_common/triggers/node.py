@@ -27,6 +27,7 @@ from airflow.triggers.base import (
 )
 
 from dlh_airflow_common.core.stream import GOOD, ControlDirChannel, StreamState, stream_dir
+from dlh_airflow_common.triggers.logs import Line, write_lines
 
 TERMINAL = {"success", "failed", "cancelled"}
 
@@ -107,6 +108,7 @@ class DbtNodeTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.start_timeout = start_timeout
+        self._lines: list[Line] = []  # queued by the decision, written by _flush_log
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("dlh_airflow_common.triggers.node.DbtNodeTrigger", {
@@ -143,13 +145,16 @@ class DbtNodeTrigger(BaseTrigger):
         dag_id, run_id, try_number = self._run_identity()
         path = stream_dir(Path(self.runtime_root), dag_id, run_id)
         if try_number > 1:
-            yield self._resume("run_itself", f"try {try_number}: this task builds {self.unique_id} itself")
+            resume = self._resume("run_itself", f"try {try_number}: this task builds {self.unique_id} itself")
+            await self._flush_log()
+            yield resume
             return
         reader = _SharedReader.attach(path, self.poll_interval)
         started = time.monotonic()
         try:
             while True:
                 event = self._decide(reader.state, path, started)
+                await self._flush_log()
                 if event is not None:
                     yield event
                     return
@@ -209,19 +214,24 @@ class DbtNodeTrigger(BaseTrigger):
                 f"(started {row.get('started_at') or '?'}, finished {row.get('finished_at') or '?'})")
         message = (row.get("message") or "").strip()
         if row["status"] == "warn":
-            self.log.warning("%s: %s", line, message)
+            self._lines.append(("warning", f"{line}: {message}"))
         elif row["status"] in GOOD or row["status"] == "skipped":
-            self.log.info("%s%s", line, f": {message}" if message else "")
+            self._lines.append(("info", f"{line}: {message}" if message else line))
         else:
-            self.log.error("%s: %s", line, message)
+            self._lines.append(("error", f"{line}: {message}"))
+
+    async def _flush_log(self) -> None:
+        """Write the lines the decision queued, off the event loop (``triggers.logs``)."""
+        lines, self._lines = self._lines, []
+        await write_lines(self.log, lines)
 
     def _end(self, outcome: str, message: str) -> TriggerEvent:
-        (self.log.error if outcome == "failed" else self.log.info)("%s", message)
+        self._lines.append(("error" if outcome == "failed" else "info", message))
         if self.end_task:
             event = {"success": TaskSuccessEvent, "failed": TaskFailedEvent, "skipped": TaskSkippedEvent}
             return event[outcome]()
         return TriggerEvent({"outcome": outcome, "message": message, "unique_id": self.unique_id})
 
     def _resume(self, outcome: str, message: str) -> TriggerEvent:
-        self.log.info("%s", message)
+        self._lines.append(("info", message))
         return TriggerEvent({"outcome": outcome, "message": message, "unique_id": self.unique_id})
