@@ -244,7 +244,7 @@ def test_a_trigger_started_in_the_triggerer_lets_go_of_its_copy_of_the_dag() -> 
 def test_a_node_trigger_logging_to_a_full_log_never_blocks_the_triggerer_loop(tmp_path: Path) -> None:
     """Airflow 3.3.2's triggerer deadlocks when a trigger blocks its loop on a full log socket (README)."""
     from dlh_airflow_common.triggers.node import DbtNodeTrigger
-    from tests.test_trigger import BlockingLog, first_event_with
+    from tests.blocking_log import BlockingLog, first_event_with
 
     _control_dir(tmp_path, state="running", heartbeat=time.time(), results=[
         _row("model.p.a", "success"), _row("test.p.t", "warn", "1 row")])

@@ -15,6 +15,7 @@ import pytest
 
 from dlh_airflow_common.core.detached import ControlDir
 from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
+from tests.blocking_log import BlockingLog, first_event_with
 
 
 def _running(path: Path, pid: int) -> ControlDir:
@@ -157,56 +158,40 @@ def test_unwatched_timeout_comes_from_the_task_then_the_deployment(monkeypatch: 
     assert settings.unwatched_timeout(0) == 0  # off
 
 
-class BlockingLog:
-    """A trigger logger whose every write blocks for 0.5 s, like a write to the trigger runner's full
-    log socket; it records how many times a ticker on the event loop ran during each write."""
-
-    def __init__(self) -> None:
-        self.ticks = 0
-        self.during: list[int] = []
-        self.lines: list[str] = []
-
-    def _write(self, event: str, *args: Any, **kw: Any) -> None:
-        start = self.ticks
-        time.sleep(0.5)
-        self.during.append(self.ticks - start)
-        self.lines.append(event % args if args else event)
-
-    info = warning = error = _write
-
-
-def first_event_with(trigger: Any, log: BlockingLog) -> Any:
-    """The trigger's first event payload, run beside a coroutine that ticks every 10 ms."""
-    trigger._log = log
-
-    async def main() -> Any:
-        async def tick() -> None:
-            while True:
-                await asyncio.sleep(0.01)
-                log.ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        try:
-            async for event in trigger.run():
-                return event.payload
-        finally:
-            ticker.cancel()
-
-    return asyncio.run(asyncio.wait_for(main(), 30))
-
-
 def test_relaying_dbt_progress_to_a_full_log_never_blocks_the_triggerer_loop(tmp_path: Path) -> None:
     """Airflow 3.3.2's triggerer deadlocks when a trigger blocks its loop on a full log socket (README)."""
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         ctl = _running(tmp_path, sleeper.pid)
         ctl.progress.write_text("".join(f"12:00:0{i} {i} of 3 OK created model m{i}\n" for i in range(3)))
-        threading.Timer(3, lambda: ctl.write_status(state="success", result={"success": True})).start()
+        finish = threading.Timer(3, lambda: ctl.write_status(state="success", result={"success": True}))
+        finish.start()
         log = BlockingLog()
         payload = first_event_with(DbtExecutionTrigger(str(tmp_path), check_interval=1), log)
     finally:
+        finish.cancel()
         sleeper.kill()
         sleeper.wait()
     assert payload["status"] == "success"
     assert log.lines[:3] == [f"12:00:0{i} {i} of 3 OK created model m{i}" for i in range(3)]
     assert min(log.during[:3]) > 10, f"event loop ticks during each blocked write: {log.during}"
+
+
+def test_lines_of_a_trigger_cancelled_while_the_log_is_full_are_still_written() -> None:
+    from dlh_airflow_common.triggers.offloop import write_lines
+
+    log = BlockingLog()
+
+    async def main() -> None:
+        first = asyncio.create_task(write_lines(log, [("info", "first")]))
+        await asyncio.sleep(0.1)  # "first" holds the log thread for 0.5 s
+        second = asyncio.create_task(write_lines(log, [("warning", "second"), ("error", "third")]))
+        await asyncio.sleep(0.05)
+        second.cancel()  # the trigger is cancelled while its lines wait for the log thread
+        with contextlib.suppress(asyncio.CancelledError):
+            await second
+        await first
+        await asyncio.sleep(1.5)
+
+    asyncio.run(main())
+    assert log.lines == ["first", "second", "third"]

@@ -26,7 +26,7 @@ from dlh_airflow_common.core.detached import (
     partial_summary,
     whole_lines,
 )
-from dlh_airflow_common.triggers.logs import write_lines
+from dlh_airflow_common.triggers.offloop import write_lines
 
 STATUS_POLL_SECONDS = 0.5
 
@@ -169,7 +169,7 @@ class DbtExecutionTrigger(BaseTrigger):
         return await asyncio.to_thread(ctl.read_status)
 
     async def _timed_out(self) -> TriggerEvent:
-        self.log.warning("dbt run exceeded its timeout; asking it to cancel")
+        await write_lines(self.log, [("warning", "dbt run exceeded its timeout; asking it to cancel")])
         status = await self._cancel_and_wait() or {}
         return self._event(status, state="timeout")
 
@@ -183,7 +183,7 @@ class DbtExecutionTrigger(BaseTrigger):
         nodes running). The supervisor does the rest whatever happens: SIGINT, ``cancel_grace``,
         SIGKILL, its run dir, and this control dir, as no task will resume.
         """
-        self.log.warning("Deferred dbt task killed; asking the dbt run to cancel")
+        await write_lines(self.log, [("warning", "Deferred dbt task killed; asking the dbt run to cancel")])
         ctl = self._ctl
         try:  # opened first: the supervisor removes the dir (and the file's name) as it exits
             progress = await asyncio.to_thread(ctl.progress.open, "rb")
@@ -192,11 +192,11 @@ class DbtExecutionTrigger(BaseTrigger):
         last: dict[str, Any] = {}
         summarised = False
 
-        def relay() -> None:
+        async def relay() -> None:
             nonlocal summarised
-            for line in whole_lines(progress):
-                self.log.info("%s", line)
-                summarised = summarised or line.startswith(SUMMARY_PREFIX)
+            lines = list(whole_lines(progress))  # read in this thread: a cancel leaves no reader behind
+            summarised = summarised or any(line.startswith(SUMMARY_PREFIX) for line in lines)
+            await write_lines(self.log, [("info", line) for line in lines])
 
         try:
             if progress is not None:
@@ -208,19 +208,21 @@ class DbtExecutionTrigger(BaseTrigger):
             while True:
                 status = await asyncio.to_thread(ctl.read_status)
                 last = status or last
-                relay()  # in this thread: a cancel must not leave a reader behind on the same file
+                await relay()
                 if status is None or status.get("state") in TERMINAL or time.monotonic() > deadline:
                     return
                 await asyncio.sleep(STATUS_POLL_SECONDS)
         finally:  # also when the triggerer cancels this: a few small reads, then the log lines
-            relay()
-            if not summarised and last:
-                self.log.warning("dbt's own summary has not arrived yet; what the run had reported "
-                                 "when it was killed:")
-                for line in partial_summary(last):
-                    self.log.warning("%s", line)
-            if progress is not None:
-                progress.close()
+            try:
+                await relay()
+                if not summarised and last:
+                    await write_lines(self.log, [
+                        ("warning", "dbt's own summary has not arrived yet; what the run had reported "
+                                    "when it was killed:"),
+                        *(("warning", line) for line in partial_summary(last))])
+            finally:
+                if progress is not None:
+                    progress.close()
 
 
 def _on_kill_budget() -> float:

@@ -27,7 +27,7 @@ from airflow.triggers.base import (
 )
 
 from dlh_airflow_common.core.stream import GOOD, ControlDirChannel, StreamState, stream_dir
-from dlh_airflow_common.triggers.logs import Line, write_lines
+from dlh_airflow_common.triggers.offloop import Line, run_off_loop, write_lines
 
 TERMINAL = {"success", "failed", "cancelled"}
 
@@ -39,8 +39,9 @@ class _SharedReader:
 
     def __init__(self, path: Path, interval: float) -> None:
         self.channel = ControlDirChannel(path)
-        # The poll runs in a thread: it folds into a private state, and triggers (on the event loop) only
-        # see whole snapshots, so none reads a "finished" status before the results that came with it.
+        # The poll runs in a thread of its own (``offloop``): it folds into a private state, and triggers
+        # (on the event loop) only see whole snapshots, so none reads a "finished" status before the
+        # results that came with it.
         self._polled = StreamState()
         self.state = StreamState()
         self.interval = interval
@@ -67,7 +68,7 @@ class _SharedReader:
 
     async def _loop(self) -> None:
         while self.users > 0:
-            if await asyncio.to_thread(self.channel.poll, self._polled):
+            if await run_off_loop("stream-poll", self.channel.poll, self._polled):
                 polled = self._polled
                 self.state = replace(polled, results=dict(polled.results))  # every field, a copy
                 self.changed.set()
@@ -153,8 +154,10 @@ class DbtNodeTrigger(BaseTrigger):
         started = time.monotonic()
         try:
             while True:
-                event = self._decide(reader.state, path, started)
-                await self._flush_log()
+                try:
+                    event = self._decide(reader.state, path, started)
+                finally:  # also the lines queued before a bad row raised
+                    await self._flush_log()
                 if event is not None:
                     yield event
                     return
@@ -221,7 +224,7 @@ class DbtNodeTrigger(BaseTrigger):
             self._lines.append(("error", f"{line}: {message}"))
 
     async def _flush_log(self) -> None:
-        """Write the lines the decision queued, off the event loop (``triggers.logs``)."""
+        """Write the lines the decision queued, off the event loop (``triggers.offloop``)."""
         lines, self._lines = self._lines, []
         await write_lines(self.log, lines)
 

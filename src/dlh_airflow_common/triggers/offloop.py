@@ -1,0 +1,56 @@
+"""Work our triggers do off the triggerer's event loop, on threads of their own.
+
+Log lines: a plain log call in a trigger writes to the trigger runner's log socket from the event
+loop, and blocks the whole loop while that socket is full. Airflow 3.3.2's triggerer supervisor reads
+no logs while it sends its runner a batch of new triggers, and the blocked loop cannot read that
+batch: both wait forever (README, "A triggerer deadlock"). Written from a thread, a full socket only
+holds that thread; the loop goes on reading, the supervisor finishes its send and drains the logs.
+
+Own threads, not ``asyncio.to_thread``: the loop's default executor has a few threads (6 on 2 cores),
+shared with Airflow's own async log calls, which also park there while the socket is full. Our log
+writes go to one thread (structlog serialises writes to the socket anyway), the stream polls of
+node triggers to another, so neither waits behind log writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+Line = tuple[str, str]  # (level: "info" | "warning" | "error", message)
+
+_threads: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+
+
+def _thread(name: str) -> ThreadPoolExecutor:
+    """One thread per name and process (the triggerer forks its runner: a pool never crosses a fork)."""
+    pid = os.getpid()
+    entry = _threads.get(name)
+    if entry is None or entry[0] != pid:
+        entry = _threads[name] = (pid, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dlh-{name}"))
+    return entry[1]
+
+
+async def run_off_loop(name: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on the thread ``name``, in a copy of the caller's context (Airflow routes a
+    trigger's log lines by context variables)."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(_thread(name), call)
+
+
+async def write_lines(log: Any, lines: Sequence[Line]) -> None:
+    """Write ``lines`` in order, off the loop. Shielded: a trigger cancelled meanwhile still has its
+    lines written (after the cancel, if the socket is full)."""
+    if lines:
+        await asyncio.shield(run_off_loop("trigger-log", _write, log, list(lines)))
+
+
+def _write(log: Any, lines: list[Line]) -> None:
+    for level, message in lines:
+        getattr(log, level)("%s", message)
