@@ -141,6 +141,8 @@ def stack_env(root: Path, pg: Any, spec: Path, conns: dict[str, dict[str, Any]],
         "DLH_BENCH_SPEC": str(spec),
         **{f"AIRFLOW_CONN_{cid.upper()}": json.dumps(conn) for cid, conn in conns.items()},
     })
+    if "DLH_DBT_WARM_START" in os.environ:  # DLH_DBT_WARM_START=0: compare cold dbt starts
+        env["DLH_DBT_WARM_START"] = os.environ["DLH_DBT_WARM_START"]
     return env
 
 
