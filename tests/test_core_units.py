@@ -44,7 +44,7 @@ def test_run_dirs_retry_state_and_task_ids_sanitise_names_the_same_way() -> None
     """One rule in core: a run id like ``manual__2026-01-01T00:00:00+00:00`` maps the same everywhere."""
     from types import SimpleNamespace
 
-    from dlh_airflow_common.core.names import safe_name
+    from dlh_airflow_common.core.names import id_dir, safe_name
     from dlh_airflow_common.core.stream import stream_dir
     from dlh_airflow_common.operators.retry_state import RetryState
     from dlh_airflow_common.rendering import graph
@@ -55,9 +55,10 @@ def test_run_dirs_retry_state_and_task_ids_sanitise_names_the_same_way() -> None
     ident = RunIdentity(weird, weird, 1).run_name(datetime(2026, 1, 1))
     assert ident.startswith(f"run_20260101_000000_{safe_name(weird)}_{safe_name(weird)}_try1_")
     ti = SimpleNamespace(dag_id="d", task_id="t", run_id=weird)
-    assert RetryState.for_task(Path("/r"), ti).path.name == safe_name(weird)
+    assert RetryState.for_task(Path("/r"), ti).path.name == id_dir(weird)
+    assert id_dir(weird).startswith(safe_name(weird) + "-")
     assert graph._task_id(weird) == safe_name(weird, keep=".")
-    assert stream_dir(Path("/r"), weird, weird) == Path("/r/streams") / safe_name(weird) / safe_name(weird)
+    assert stream_dir(Path("/r"), weird, weird) == Path("/r/streams") / id_dir(weird) / id_dir(weird)
 
 
 def test_runtime_shadows_project_and_cleans_up(demo_project: Path, runtime_root: Path) -> None:

@@ -34,7 +34,7 @@ def _leftovers(root: Path, demo_project: Path, n: int) -> dict[str, list[Path]]:
         run.cleanup()
         retry = root / "retry_state" / "dag" / f"t{i}" / "manual__1"
         ctl = root / "deferred" / f"run_{i}"
-        stream = root / "streams" / f"dag{i % 2}" / f"manual__{i}"
+        stream = root / "streams" / f"dag{i % 2}" / f"manual__{i}" / "run_launch"
         state = root / "state" / "salesforce" / "runs" / f"manual__{i}"
         for path in (retry, ctl, stream, state):
             path.mkdir(parents=True)

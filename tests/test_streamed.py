@@ -85,8 +85,10 @@ def test_a_retry_of_the_failed_node_builds_it_by_itself(bag: Any) -> None:
 def _control_dir(tmp_path: Path, *, state: str, heartbeat: float, results: list[dict[str, Any]]) -> Path:
     from dlh_airflow_common.core.stream import stream_dir
 
-    path = stream_dir(tmp_path, "d", "r")
+    home = stream_dir(tmp_path, "d", "r")
+    path = home / "run_1"
     path.mkdir(parents=True)
+    (home / "current").symlink_to(path.name)
     (path / "status.json").write_text(json.dumps({"state": state, "heartbeat": heartbeat, "launched": 1.0,
                                                   "host": "h", "pid": 1}))
     (path / "nodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))

@@ -11,6 +11,7 @@ from dlh_airflow_common.core.exceptions import (
     DbtProfileException,
     DbtProjectException,
     DbtRuntimeException,
+    DbtRuntimeRootException,
     DbtTestFailure,
     DbtTimeoutException,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "DbtProjectException",
     "DbtRuntime",
     "DbtRuntimeException",
+    "DbtRuntimeRootException",
     "DbtTaskResult",
     "DbtTestFailure",
     "DbtTimeoutException",

@@ -39,14 +39,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dlh_airflow_common.core.artifacts import ARTIFACTS, DOCS_PAGES, RunSummary
-from dlh_airflow_common.core.exceptions import DbtException
+from dlh_airflow_common.core.events import redact
+from dlh_airflow_common.core.exceptions import DbtException, DbtRuntimeRootException
 from dlh_airflow_common.core.invoke import DbtCommand, DbtInvoker, DbtTaskResult
 from dlh_airflow_common.core.profile_setup import ProfileConfig
 from dlh_airflow_common.core.profiles import SECRET_PREFIX, RenderedProfile
-from dlh_airflow_common.core.retention import ActiveMark
+from dlh_airflow_common.core.retention import CURRENT_LINK, ActiveMark
 from dlh_airflow_common.core.runners import SubprocessRunner
 from dlh_airflow_common.core.runtime import RunIdentity
-from dlh_airflow_common.core.stream import NODE_RESULTS, NodeResultWriter, NodeTally
+from dlh_airflow_common.core.safefs import ensure_dir, remove_tree, secure_root, touch
+from dlh_airflow_common.core.stream import NODE_RESULTS, NodeResultWriter, NodeTally, current_launch
 
 TERMINAL = {"success", "failed", "cancelled"}
 HEARTBEAT_SECONDS = 5.0
@@ -93,8 +95,8 @@ class ControlDir:
     def mark_watched(self) -> None:
         """A trigger is watching this run (its stamp is the supervisor's proof of life of the task)."""
         try:
-            self.watched_flag.touch()
-        except OSError:
+            touch(self.watched_flag)
+        except (OSError, DbtRuntimeRootException):
             pass  # the dir is gone: the run is over
 
     def unwatched_for(self) -> float | None:
@@ -131,7 +133,11 @@ class ControlDir:
             os.replace(tmp, self.status)  # watchers never see a half-written status
 
     def request_cancel(self) -> None:
-        self.cancel_flag.touch()
+        touch(self.cancel_flag)
+
+    def remove(self) -> None:
+        """Remove the control dir itself, never what a link in its place names."""
+        remove_tree(self.path.parent, self.path)
 
     def abandon(self) -> None:
         """Cancel a run whose task nobody will resume; returns at once (the supervisor cleans up).
@@ -141,13 +147,13 @@ class ControlDir:
         flag check (supervisor): one of the two always sees the other.
         """
         try:
-            self.abandoned_flag.touch()
+            touch(self.abandoned_flag)
             self.request_cancel()
-        except OSError:
+        except (OSError, DbtRuntimeRootException):
             return  # already removed
         status = self.read_status()
         if status is None or status.get("state") in TERMINAL or self.supervisor_gone(status):
-            shutil.rmtree(self.path, ignore_errors=True)
+            self.remove()
 
     def progress_since(self, offset: int) -> tuple[list[str], int]:
         """The whole progress lines written after ``offset``, and the offset to read from next."""
@@ -246,20 +252,18 @@ class DetachedSpec:
     stream_nodes: bool = False  # append each finished node's result to nodes.jsonl (core.stream)
 
 
-def launch(spec: DetachedSpec, control_root: Path, secret_env: Mapping[str, str],
-           path: Path | None = None) -> ControlDir:
-    """Start the supervisor in a new session and return its control dir (0700).
+def launch(spec: DetachedSpec, runtime_root: Path, secret_env: Mapping[str, str],
+           stream: Path | None = None) -> ControlDir:
+    """Start the supervisor in a new session and return its control dir (0700, new for each launch).
 
-    ``path`` fixes the control dir (a producer that watchers find by DAG run); an earlier try's dir
-    there is replaced.
+    A deferred run's dir goes under ``deferred/``. A producer's goes into its ``stream`` dir (found by
+    DAG run, :func:`core.stream.stream_dir`), whose ``current`` link then moves to it; the earlier
+    launch there is abandoned (its supervisor stops dbt and removes its own dir), and since every
+    launch writes only into its own dir, a stale supervisor can never write into a newer one.
     """
-    if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True, mode=0o700)
-        ctl = ControlDir(path)
-    else:
-        control_root.mkdir(parents=True, exist_ok=True)
-        ctl = ControlDir(Path(tempfile.mkdtemp(prefix="run_", dir=control_root)))
+    root = secure_root(runtime_root)
+    parent = ensure_dir(root, stream if stream is not None else root / "deferred")
+    ctl = ControlDir(Path(tempfile.mkdtemp(prefix="run_", dir=parent)))
     fd = os.open(ctl.spec, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(asdict(spec), fh)
@@ -276,6 +280,13 @@ def launch(spec: DetachedSpec, control_root: Path, secret_env: Mapping[str, str]
     finally:
         log_fh.close()
     ctl.write_status(pid=proc.pid)
+    if stream is not None:
+        earlier = current_launch(stream)
+        link = stream / f".{CURRENT_LINK}.{ctl.path.name}"
+        link.symlink_to(ctl.path.name)
+        os.replace(link, stream / CURRENT_LINK)  # watchers move to this launch at once
+        if earlier is not None and earlier != ctl.path:
+            ControlDir(earlier).abandon()
     return ctl
 
 
@@ -297,8 +308,13 @@ def _supervise(ctl: ControlDir) -> int:
     def keep_artifacts(target: Path, _result: DbtTaskResult | None) -> None:
         copy_artifacts(target, ctl.artifacts)
 
-    tally = NodeTally()  # in the status file: what a killed watcher reports if dbt's summary is late
-    writer = NodeResultWriter(ctl.path / NODE_RESULTS) if spec.stream_nodes else None
+    secrets = [v for v in secret_env.values() if v]
+
+    def clean(text: str) -> str:
+        return redact(text, secrets)
+
+    tally = NodeTally(clean)  # in the status file: what a killed watcher reports if dbt's summary is late
+    writer = NodeResultWriter(ctl.path / NODE_RESULTS, clean) if spec.stream_nodes else None
 
     def on_event(event: dict[str, Any]) -> None:
         tally(event)
@@ -339,7 +355,7 @@ def _supervise(ctl: ControlDir) -> int:
                 print(f"No trigger has watched this run for {unwatched:.0f}s (unwatched_timeout="
                       f"{spec.unwatched_timeout:.0f}s): its task was killed or lost; cancelling dbt",
                       flush=True)
-                ctl.abandoned_flag.touch()  # no task will resume to read this dir
+                touch(ctl.abandoned_flag)  # no task will resume to read this dir
                 ctl.request_cancel()
                 invoker.cancel()
                 return
@@ -361,12 +377,12 @@ def _supervise(ctl: ControlDir) -> int:
     finally:
         stop.set()
         if ctl.abandoned_flag.exists():  # a killed task: no one will resume it to read this dir
-            shutil.rmtree(ctl.path, ignore_errors=True)
+            ctl.remove()
 
 
 def copy_artifacts(target: Path, dest: Path) -> None:
     """Copy the run's artifacts out of a target dir that is about to be removed."""
-    dest.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     for name in (*ARTIFACTS, *DOCS_PAGES):
         if (target / name).is_file():
             shutil.copyfile(target / name, dest / name)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dlh_airflow_common.core.exceptions import DbtCancelledException, DbtDuckDBLockedException
+from dlh_airflow_common.core.safefs import ensure_dir, open_state_file, secure_root
 
 DEFAULT_WAIT = 3600.0
 WAIT_ENV = "DLH_DUCKDB_LOCK_WAIT"  # seconds; the default for every task of a deployment
@@ -100,9 +101,8 @@ def _lock_path(db: Path, runtime_root: Path) -> Path:
     if os.access(db.parent, os.W_OK):
         return beside
     digest = hashlib.sha256(str(db).encode()).hexdigest()[:16]
-    locks = runtime_root / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    return locks / f"duckdb-{digest}.lock"
+    root = secure_root(runtime_root)
+    return ensure_dir(root, root / "locks") / f"duckdb-{digest}.lock"
 
 
 def _holder(fh: IO[str]) -> str:
@@ -132,7 +132,9 @@ def duckdb_writer(db: Path | None, *, run_name: str, runtime_root: Path, wait: f
         yield
         return
     path = _lock_path(db, runtime_root)
-    with open(path, "a+") as fh:
+    # No link followed, nothing truncated before the lock is ours: the file beside the database may sit
+    # in a dir others can write, and must never be a way to empty one of our files.
+    with os.fdopen(open_state_file(path), "r+") as fh:
         if not _try_lock(fh):
             holder = _holder(fh)
             say(f"Waiting for DuckDB file {db}: held by {holder} (waiting up to {wait:.0f}s)")

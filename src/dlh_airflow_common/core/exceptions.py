@@ -94,6 +94,10 @@ class DbtProjectException(DbtException):
     """The dbt project itself cannot be used (missing directory, no dbt_project.yml)."""
 
 
+class DbtRuntimeRootException(DbtException):
+    """The runtime root, or something in it, is not this user's alone: refusing to use it."""
+
+
 class DbtCancelledException(DbtException):
     """The run was cancelled (on_kill, timeout); partial results are attached."""
 

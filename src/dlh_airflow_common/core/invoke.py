@@ -43,6 +43,7 @@ from dlh_airflow_common.core.profile_setup import ProfileConfig, ResolvedProfile
 from dlh_airflow_common.core.profiles import ProfilesDir
 from dlh_airflow_common.core.runners import DbtCall, Runner, RunnerResult, SubprocessRunner
 from dlh_airflow_common.core.runtime import DbtRuntime, RunIdentity, validate_project_dir
+from dlh_airflow_common.core.safefs import open_state_file
 
 log = logging.getLogger(__name__)
 
@@ -272,13 +273,12 @@ class DbtInvoker:
         if not is_deps:
             yield
             return
-        runtime.cache.root.mkdir(parents=True, exist_ok=True)
-        with open(runtime.cache.root / ".deps.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        fd = open_state_file(runtime.cache.root / ".deps.lock")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # drops the lock
 
     def _duckdb_target(self, setup: ResolvedProfile, command: DbtCommand) -> Path | None:
         """The DuckDB file this command writes, from our profile or the user's profiles.yml."""
@@ -293,7 +293,7 @@ class DbtInvoker:
     def _duckdb_writer(self, runtime: DbtRuntime) -> contextlib.AbstractContextManager[None]:
         """Wait for, then hold, the DuckDB file this command writes (a no-op for other warehouses)."""
         return duckdb_writer(self._duckdb_file, run_name=runtime.run_dir.name,
-                             runtime_root=runtime.run_dir.parent.parent, wait=self.duckdb_lock_wait,
+                             runtime_root=runtime.root, wait=self.duckdb_lock_wait,
                              say=self._say, cancelled=self._cancelled)
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:

@@ -5,13 +5,16 @@ Kinds of dirs, each pruned on its own (patterns relative to the runtime root)::
     runs/*               run dirs kept with keep_target_artifacts (or left by a killed worker)
     retry_state/*/*/*    a failed try's state, useless once the task finally failed
     deferred/*           control dirs of deferred runs (a killed task's, a lost worker's)
-    streams/*/*          control dirs of streamed per-node producers (one per DAG run)
+    streams/*/*/*        control dirs of streamed per-node producers (one per launch, per DAG run)
     state/*/runs/*       per-run target dirs of pipelines (the Salesforce pipeline's failed runs)
 
 A dir goes when nothing marks it alive and it is older than ``max_age``, or it is beyond the newest
 ``keep`` of its kind and older than ``min_age``. Alive: a process holds the lock on its ``.dlh_active``
 file (a running dbt, a running supervisor), or its ``status.json`` shows a heartbeat from a
 supervisor on another host. Age is the newest mtime of the dir and its direct entries.
+
+The walk never enters a symlink and removal goes through :func:`safefs.remove_tree`: a link planted
+in the root (``streams/evil -> <a victim's dir>``) is skipped, never followed to what it names.
 """
 
 from __future__ import annotations
@@ -21,16 +24,18 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dlh_airflow_common.core.safefs import is_plain_dir, open_state_file, remove_tree, secure_root, touch
+
 log = logging.getLogger(__name__)
 
-KINDS = ("runs/*", "retry_state/*/*/*", "deferred/*", "streams/*/*", "state/*/runs/*")
+KINDS = ("runs/*", "retry_state/*/*/*", "deferred/*", "streams/*/*/*", "state/*/runs/*")
 ACTIVE_FILE = ".dlh_active"
 STAMP_FILE = ".retention"
+CURRENT_LINK = "current"  # streams/<dag>/<run>/current -> the producer's newest launch dir
 HEARTBEAT_ALIVE = 600.0  # a running supervisor beats every 5 s; a stale beat is a lost host
 
 
@@ -48,7 +53,7 @@ class ActiveMark:
     """An exclusive lock on ``<dir>/.dlh_active`` while a run uses the dir; the OS drops it if we die."""
 
     def __init__(self, path: Path) -> None:
-        self._fd: int | None = os.open(path / ACTIVE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd: int | None = open_state_file(path / ACTIVE_FILE)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
@@ -60,7 +65,7 @@ class ActiveMark:
 def is_alive(path: Path) -> bool:
     """Whether a run still uses ``path`` (its lock is held, or its supervisor's heartbeat is fresh)."""
     with contextlib.suppress(OSError):
-        fd = os.open(path / ACTIVE_FILE, os.O_RDONLY)
+        fd = os.open(path / ACTIVE_FILE, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -68,7 +73,9 @@ def is_alive(path: Path) -> bool:
         finally:
             os.close(fd)
     try:
-        status = json.loads((path / "status.json").read_text())
+        fd = os.open(path / "status.json", os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            status = json.loads(fh.read())
     except (OSError, ValueError):
         return False
     if not isinstance(status, dict) or status.get("state") in {"success", "failed", "cancelled"}:
@@ -92,10 +99,9 @@ def prune(root: Path, policy: Retention, now: float | None = None,
     removed: list[Path] = []
     for pattern in kinds:
         dated = []
-        for path in root.glob(pattern):
+        for path in _plain_dirs(root, pattern.split("/")):
             with contextlib.suppress(OSError):
-                if path.is_dir() and not path.is_symlink():
-                    dated.append((last_activity(path), path))
+                dated.append((last_activity(path), path))
         dated.sort(reverse=True)
         for rank, (active_at, path) in enumerate(dated):
             age = now - active_at
@@ -103,17 +109,39 @@ def prune(root: Path, policy: Retention, now: float | None = None,
                 continue
             if is_alive(path):
                 continue
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-            _remove_empty_parents(path, pattern)
+            if remove_tree(root, path):
+                removed.append(path)
+                _remove_empty_parents(path, pattern)
     return removed
 
 
+def _plain_dirs(here: Path, parts: list[str]) -> list[Path]:
+    """The real dirs (no symlinks, on the way or at the end) that ``parts`` (names or ``*``) match."""
+    if not parts:
+        return [here]
+    first, rest = parts[0], parts[1:]
+    found: list[Path] = []
+    if first != "*":
+        return _plain_dirs(here / first, rest) if is_plain_dir(here / first) else []
+    with contextlib.suppress(OSError), os.scandir(here) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                found += _plain_dirs(Path(entry.path), rest)
+    return found
+
+
 def _remove_empty_parents(path: Path, pattern: str) -> None:
-    """Leave no empty ``<dag>/<task>`` behind: the parents the pattern's inner ``*`` stand for."""
+    """Leave no empty ``<dag>/<task>`` behind: the parents the pattern's inner ``*`` stand for.
+
+    A streamed run's dir keeps only the ``current`` link to its last launch: gone with the launch.
+    """
     for parent, part in zip(path.parents, reversed(pattern.split("/")[:-1]), strict=False):
         if part != "*":
             return
+        current = parent / CURRENT_LINK
+        if current.is_symlink() and not current.exists():
+            with contextlib.suppress(OSError):
+                current.unlink()
         with contextlib.suppress(OSError):
             parent.rmdir()
 
@@ -129,8 +157,8 @@ def maybe_prune(root: Path, policy: Retention, kinds: tuple[str, ...] = KINDS) -
     except OSError:
         return None
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        stamp.touch()
+        root = secure_root(root)
+        touch(stamp)
         removed = prune(root, policy, kinds=kinds)
     except OSError as exc:
         log.warning("Could not prune the runtime root %s: %s", root, exc)

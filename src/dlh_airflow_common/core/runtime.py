@@ -35,6 +35,7 @@ import yaml
 from dlh_airflow_common.core.exceptions import DbtProjectException
 from dlh_airflow_common.core.names import safe_name
 from dlh_airflow_common.core.retention import ActiveMark
+from dlh_airflow_common.core.safefs import ensure_dir, make_dir, remove_tree, secure_root
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +151,14 @@ class ProjectCache:
     """Per-project state shared by all runs: published packages, lock file, partial-parse files."""
 
     root: Path
+    runtime_root: Path
 
     @classmethod
     def for_project(cls, runtime_root: Path, project_dir: Path) -> ProjectCache:
+        """The project's cache dir, created (or checked) as ours under a checked runtime root."""
         digest = hashlib.sha256(str(project_dir).encode()).hexdigest()[:12]
-        return cls(runtime_root / "projects" / f"{safe_name(project_dir.name)}-{digest}")
+        root = secure_root(runtime_root)
+        return cls(ensure_dir(root, root / "projects" / f"{safe_name(project_dir.name)}-{digest}"), root)
 
     @property
     def packages_link(self) -> Path:
@@ -181,8 +185,7 @@ class ProjectCache:
 
     def publish_packages(self, installed: Path, lock_file: Path | None) -> None:
         """Make a finished ``dbt deps`` result the one later runs see, atomically."""
-        versions = self.root / "packages.d"
-        versions.mkdir(parents=True, exist_ok=True)
+        versions = ensure_dir(self.runtime_root, self.root / "packages.d")
         version = versions / f"{datetime.now():%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
         shutil.move(str(installed), version)
         tmp_link = self.root / f".packages.{secrets.token_hex(4)}"
@@ -190,12 +193,12 @@ class ProjectCache:
         os.replace(tmp_link, self.packages_link)
         self.publish_lock(lock_file)
         for old in sorted(versions.iterdir())[:-_KEEP_PACKAGE_VERSIONS]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(self.runtime_root, old)
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
     """Copy so that readers see the old or the new file, never half of one."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
     os.close(fd)
     try:
@@ -225,6 +228,11 @@ class DbtRuntime:
     _shadow_pattern: re.Pattern[str] | None = field(default=None, repr=False)
 
     @property
+    def root(self) -> Path:
+        """The (checked) runtime root this run lives under."""
+        return self.cache.runtime_root
+
+    @property
     def target_dir(self) -> Path:
         return self.run_dir / "target"
 
@@ -247,11 +255,11 @@ class DbtRuntime:
         for_deps: bool = False,
     ) -> DbtRuntime:
         project = validate_project_dir(project_dir)
-        root = Path(runtime_root) if runtime_root else default_runtime_root()
         install_path = str(_read_project_yml(project).get("packages-install-path") or "dbt_packages")
-        cache = ProjectCache.for_project(root, project)
-        run_dir = root / "runs" / (identity or RunIdentity()).run_name()
-        run_dir.mkdir(parents=True)
+        cache = ProjectCache.for_project(Path(runtime_root) if runtime_root else default_runtime_root(),
+                                         project)
+        root = cache.runtime_root
+        run_dir = make_dir(root, root / "runs" / (identity or RunIdentity()).run_name())
         active = ActiveMark(run_dir)
         layout = _ShadowLayout(project, install_path, cache)
         if for_deps:
@@ -262,8 +270,8 @@ class DbtRuntime:
         runtime = cls(project, run_dir, cache, shadow, install_path, keep_target_artifacts)
         runtime._layout = layout
         runtime._active = active
-        runtime.target_dir.mkdir()
-        runtime.log_dir.mkdir()
+        runtime.target_dir.mkdir(mode=0o700)
+        runtime.log_dir.mkdir(mode=0o700)
         return runtime
 
     def seed_partial_parse(self, key: str, target_dir: Path | None = None) -> bool:
@@ -333,10 +341,10 @@ class DbtRuntime:
         if self.keep_target_artifacts:
             for child in self.run_dir.iterdir():
                 if child.name not in {"target", "logs"}:
-                    _remove(child)
+                    remove_tree(self.root, child)
             log.info("Kept dbt artifacts in %s", self.target_dir)
             return
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        remove_tree(self.root, self.run_dir)
 
 
 class _ShadowLayout:
@@ -418,7 +426,7 @@ class _ShadowLayout:
         packages = shadow / self.install_path
         source = self._packages_source(private_packages)
         if private_packages:
-            packages.mkdir()
+            packages.mkdir(mode=0o700)
         elif source is not None:
             packages.symlink_to(source)
         return shadow
@@ -431,8 +439,7 @@ class _ShadowLayout:
         with contextlib.suppress(OSError):
             if marker.read_text() == wanted:
                 return self.shadow_in(stable)
-        versions = self.cache.root / "shadows"
-        versions.mkdir(parents=True, exist_ok=True)
+        versions = ensure_dir(self.cache.runtime_root, self.cache.root / "shadows")
         version = versions / f"{wanted}-{secrets.token_hex(3)}"
         self.build(version, private_packages=False)
         (version / ".dlh_shadow").write_text(wanted)
@@ -442,7 +449,7 @@ class _ShadowLayout:
         current = version.name
         for old in sorted(versions.iterdir(), key=lambda p: p.stat().st_mtime)[:-_KEEP_PACKAGE_VERSIONS]:
             if old.name != current:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_tree(self.cache.runtime_root, old)
         return self.shadow_in(stable)
 
 
@@ -457,7 +464,7 @@ def _shadow_paths(cache_root: Path, run_dir: Path) -> re.Pattern[str]:
 
 def _link_entries(real: Path, fake: Path, skip: set[str]) -> None:
     """Make ``fake`` a directory of links to ``real``'s entries, except those named in ``skip``."""
-    fake.mkdir(parents=True)
+    fake.mkdir(mode=0o700, parents=True)
     if not real.is_dir():
         return
     for entry in real.iterdir():
@@ -485,9 +492,3 @@ def _parent_depth(rel: str) -> int:
         lowest = min(lowest, depth)
     return -lowest
 
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    else:
-        shutil.rmtree(path, ignore_errors=True)

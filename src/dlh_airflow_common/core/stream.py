@@ -15,12 +15,14 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from dlh_airflow_common.core.artifacts import FAILED
-from dlh_airflow_common.core.names import safe_name
+from dlh_airflow_common.core.names import id_dir
+from dlh_airflow_common.core.retention import CURRENT_LINK
 
 NODE_RESULTS = "nodes.jsonl"
 # Statuses that mean the node is done and fine; a warn test is fine but reported as a warning.
@@ -28,12 +30,31 @@ GOOD = {"success", "pass", "warn"}
 
 
 def stream_dir(runtime_root: Path, dag_id: str, run_id: str) -> Path:
-    """Where the producer of one DAG run keeps its control dir: found from (dag id, run id) alone."""
-    return runtime_root / "streams" / safe_name(dag_id) / safe_name(run_id)
+    """Where the producer of one DAG run keeps its launches: found from (dag id, run id) alone.
+
+    Each launch (each try of the producer) gets a control dir of its own below it, and
+    ``current`` links to the newest: a stale supervisor of an earlier try writes only into its own.
+    """
+    return runtime_root / "streams" / id_dir(dag_id) / id_dir(run_id)
 
 
-def node_result(event: dict[str, Any]) -> dict[str, Any] | None:
-    """The compact result of one node from dbt's ``NodeFinished`` event, or None for other events."""
+def current_launch(stream: Path) -> Path | None:
+    """The control dir of the producer's newest launch in ``stream``, or None before the first."""
+    try:
+        name = os.readlink(stream / CURRENT_LINK)
+    except OSError:
+        return None
+    if not name or "/" in name or name in {".", ".."}:
+        return None  # not a link we made (ours name a sibling dir)
+    return stream / name
+
+
+def node_result(event: dict[str, Any], clean: Callable[[str], str] | None = None) -> dict[str, Any] | None:
+    """The compact result of one node from dbt's ``NodeFinished`` event, or None for other events.
+
+    ``clean`` (the run's redaction) is applied to the message: it goes to a file, the trigger's log
+    and the task's event, like any other line of dbt output.
+    """
     info = event.get("info") or {}
     if info.get("name") != "NodeFinished":
         return None
@@ -44,10 +65,11 @@ def node_result(event: dict[str, Any]) -> dict[str, Any] | None:
     if not uid:
         return None
     adapter = result.get("adapter_response") or {}
+    message = str(result.get("message") or "")
     return {
         "unique_id": uid,
         "status": str(result.get("status") or node.get("node_status") or "").lower(),
-        "message": result.get("message") or "",
+        "message": clean(message) if clean is not None and message else message,
         "execution_time": float(result.get("execution_time") or 0.0),
         "rows_affected": adapter.get("rows_affected"),
         "failures": result.get("failures"),
@@ -61,17 +83,18 @@ def node_result(event: dict[str, Any]) -> dict[str, Any] | None:
 class NodeResultWriter:
     """Producer side: appends whole lines, so a reader never sees half a result."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clean: Callable[[str], str] | None = None) -> None:
         self.path = path
+        self.clean = clean
         self._lock = threading.Lock()
 
     def __call__(self, event: dict[str, Any]) -> None:
-        row = node_result(event)
+        row = node_result(event, self.clean)
         if row is None:
             return
         line = (json.dumps(row) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
             try:
                 os.write(fd, line)
             finally:
@@ -87,7 +110,8 @@ class NodeTally:
 
     MAX_FAILURES = 20
 
-    def __init__(self) -> None:
+    def __init__(self, clean: Callable[[str], str] | None = None) -> None:
+        self.clean = clean
         self._lock = threading.Lock()
         self._running: dict[str, None] = {}  # in start order
         self._counts: dict[str, int] = {}
@@ -103,7 +127,7 @@ class NodeTally:
                     self._running[str(uid)] = None
                     self.version += 1
             return
-        row = node_result(event)
+        row = node_result(event, self.clean)
         if row is None:
             return
         with self._lock:
@@ -146,19 +170,21 @@ class NodeChannel(Protocol):
 
 
 class ControlDirChannel:
-    """Tails ``nodes.jsonl`` and reads ``status.json`` of a control dir on the shared runtime root."""
+    """Tails ``nodes.jsonl`` and reads ``status.json`` of the newest launch in a stream dir
+    (:func:`stream_dir`) on the shared runtime root."""
 
     def __init__(self, path: Path, gone_after: float = 2.0) -> None:
         self.path = path
-        self.gone_after = gone_after  # a new try of the producer replaces the dir: not gone at once
+        self.gone_after = gone_after  # a new try of the producer links a new launch: not gone at once
         self._offset = 0
-        self._launch: object = None
+        self._launch: Path | None = None
         self._missing_since: float | None = None
 
     def poll(self, state: StreamState) -> bool:
-        status = self._status()
+        launch = current_launch(self.path)
+        status = self._status(launch)
         changed = False
-        if status is None and state.seen and not self.path.exists():
+        if status is None and state.seen and (launch is None or not launch.exists()):
             now = time.monotonic()
             self._missing_since = self._missing_since or now
             if not state.gone and now - self._missing_since >= self.gone_after:
@@ -167,14 +193,16 @@ class ControlDirChannel:
         self._missing_since = None
         if isinstance(status, dict):
             state.seen, state.gone = True, False
-            if status.get("launched") != self._launch:  # a new try of the producer: start over
-                self._launch, self._offset = status.get("launched"), 0
+            if launch != self._launch:  # a new try of the producer: start over
+                self._launch, self._offset = launch, 0
                 state.results.clear()
                 changed = True
             if status != state.status:
                 state.status, changed = status, True
+        if launch is None or launch != self._launch:
+            return changed
         try:
-            with (self.path / NODE_RESULTS).open("rb") as fh:
+            with (launch / NODE_RESULTS).open("rb") as fh:
                 fh.seek(self._offset)
                 data = fh.read()
         except OSError:
@@ -191,14 +219,17 @@ class ControlDirChannel:
         if end:
             # A cancel is marked in the status before dbt stops, so a node it cut short is written after
             # it: read the status again, or that node's error could pass for the node's own failure.
-            again = self._status()
-            if isinstance(again, dict) and again.get("launched") == self._launch:
+            again = self._status(launch)
+            if isinstance(again, dict):
                 state.status = again
         return changed
 
-    def _status(self) -> dict[str, Any] | None:
+    @staticmethod
+    def _status(launch: Path | None) -> dict[str, Any] | None:
+        if launch is None:
+            return None
         try:
-            status = json.loads((self.path / "status.json").read_text())
+            status = json.loads((launch / "status.json").read_text())
         except (OSError, ValueError):
             return None
         return status if isinstance(status, dict) else None

@@ -385,7 +385,7 @@ class DbtOperator(BaseOperator):
             raise exc
         finally:
             if not self.stream_nodes:  # a producer's dir outlives it: late node tasks still read it
-                shutil.rmtree(ctl.path, ignore_errors=True)
+                ctl.remove()
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage provider hook: the task's inputs/outputs; per-node events are emitted too."""

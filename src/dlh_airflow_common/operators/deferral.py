@@ -42,7 +42,7 @@ class DetachedRun:
     dbt_executable: str | None = None
     cancel_grace: float = 30.0
     unwatched_timeout: float = 0.0  # cancel when no trigger has watched for this long (0: never)
-    stream_to: Path | None = None  # a producer: its fixed control dir, where node results stream
+    stream_to: Path | None = None  # a producer: its DAG run's stream dir, where node results stream
 
     def launch(self) -> ControlDir:
         """Write the spec (0600, in a 0700 control dir) and start the supervisor; return its dir."""
@@ -60,7 +60,7 @@ class DetachedRun:
             venv_path=self.venv_path, dbt_executable=self.dbt_executable, cancel_grace=self.cancel_grace,
             unwatched_timeout=self.unwatched_timeout, stream_nodes=self.stream_to is not None,
         )
-        return launch(spec, self.runtime_root / "deferred", profile.secret_env, path=self.stream_to)
+        return launch(spec, self.runtime_root, profile.secret_env, stream=self.stream_to)
 
 
 POLL_SECONDS = 0.5

@@ -1,7 +1,8 @@
 """What a failed try leaves for the next one, so an Airflow retry re-runs only what failed.
 
 A failed ``build``/``run``/``test``/``seed``/``snapshot`` keeps its run_results and manifest under
-``<runtime root>/retry_state/<dag>/<task>/<run>/``; the next try runs ``dbt retry --state`` there.
+``<runtime root>/retry_state/<dag>/<task>/<run>/`` (each id through ``core.names.id_dir``, so an id
+such as ``..`` stays one dir inside the root); the next try runs ``dbt retry --state`` there.
 A host without that state (another worker, no shared volume) runs the full command again.
 """
 
@@ -9,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import shlex
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dlh_airflow_common.core.detached import copy_artifacts
-from dlh_airflow_common.core.names import safe_name
+from dlh_airflow_common.core.names import id_dir
+from dlh_airflow_common.core.safefs import check_inside, ensure_dir, remove_tree, secure_root
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,13 @@ class RetryState:
     """The state folder of one task in one DAG run."""
 
     path: Path
+    root: Path
 
     @classmethod
     def for_task(cls, root: Path, ti: Any) -> RetryState:
-        return cls(root / "retry_state" / ti.dag_id / ti.task_id / safe_name(str(ti.run_id)))
+        ids = (id_dir(str(ti.dag_id)), id_dir(str(ti.task_id)), id_dir(str(ti.run_id)))
+        path = root.joinpath("retry_state", *ids)
+        return cls(check_inside(root, path), root)
 
     @staticmethod
     def resumable(command: str) -> bool:
@@ -64,7 +68,7 @@ class RetryState:
     def save(self, artifacts: Path) -> None:
         """Keep a failed try's artifacts for the next try's ``dbt retry``."""
         if (artifacts / "run_results.json").is_file():
-            copy_artifacts(artifacts, self.path)
+            copy_artifacts(artifacts, ensure_dir(secure_root(self.root), self.path))
 
     def clear(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        remove_tree(self.root, self.path)

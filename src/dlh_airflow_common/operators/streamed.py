@@ -19,7 +19,7 @@ from dlh_airflow_common._compat import (
     airflow_at_least,
 )
 from dlh_airflow_common.core.exceptions import DbtRuntimeException
-from dlh_airflow_common.core.stream import stream_dir
+from dlh_airflow_common.core.stream import current_launch, stream_dir
 from dlh_airflow_common.operators import settings
 
 if TYPE_CHECKING:
@@ -64,7 +64,8 @@ def watch_from_worker(op: DbtOperator, context: Context) -> None:
         op.log.info("Airflow %d.%d cannot start tasks in the triggerer (needs %s): this node task "
                     "watches its producer from a worker slot, then defers",
                     *AIRFLOW_VERSION, START_FROM_TRIGGER_SINCE)
-    if not (producer_dir(settings.runtime_root(op.runtime_root), context) / "status.json").is_file():
+    launch = current_launch(producer_dir(settings.runtime_root(op.runtime_root), context))
+    if launch is None or not (launch / "status.json").is_file():
         from airflow.sdk import timezone
 
         raise AirflowRescheduleException(timezone.utcnow() + timedelta(seconds=2))

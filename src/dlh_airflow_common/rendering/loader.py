@@ -224,7 +224,7 @@ def _ask_dbt(source: GraphSource, project: Path,
 
 def _write_atomically(path: Path, text: str) -> None:
     """Readers (other DAG-file imports) see the old cache entry or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)

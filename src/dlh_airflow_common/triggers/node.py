@@ -26,7 +26,7 @@ from airflow.triggers.base import (
     TriggerEvent,
 )
 
-from dlh_airflow_common.core.stream import GOOD, ControlDirChannel, StreamState, stream_dir
+from dlh_airflow_common.core.stream import GOOD, ControlDirChannel, StreamState, current_launch, stream_dir
 from dlh_airflow_common.triggers.offloop import Line, run_off_loop, write_lines
 
 TERMINAL = {"success", "failed", "cancelled"}
@@ -190,7 +190,7 @@ class DbtNodeTrigger(BaseTrigger):
             return self._end("failed", f"The producer run stopped reporting for over "
                              f"{self.heartbeat_timeout:.0f}s (host {status.get('host')}, pid "
                              f"{status.get('pid')}); its log: task {self.producer_task_id}, and "
-                             f"{path / 'progress.log'}")
+                             f"{(current_launch(path) or path) / 'progress.log'}")
         return None
 
     def _cancelled(self, when: str) -> TriggerEvent:
