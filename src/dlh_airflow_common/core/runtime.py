@@ -18,6 +18,7 @@ Layout under the runtime root (default ``/tmp/dbt``)::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -32,10 +33,10 @@ from typing import Any
 
 import yaml
 
-from dlh_airflow_common.core.exceptions import DbtProjectException
+from dlh_airflow_common.core.exceptions import DbtProjectException, DbtRuntimeException
 from dlh_airflow_common.core.names import safe_name
 from dlh_airflow_common.core.retention import ActiveMark
-from dlh_airflow_common.core.safefs import ensure_dir, make_dir, remove_tree, secure_root
+from dlh_airflow_common.core.safefs import ensure_dir, make_dir, open_state_file, remove_tree, secure_root
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ LOCK_FILE = "package-lock.yml"
 # Entries of the project dbt writes to or that belong to one run only: never linked into the shadow.
 _NOT_LINKED = {"target", "logs", LOCK_FILE, ".user.yml"}
 _KEEP_PACKAGE_VERSIONS = 3
+SHADOW_MARKER = ".dlh_shadow"  # in a shadow version: the fingerprint it was built for
+IN_USE = ".dlh_in_use"  # in a shadow version: runs hold a shared flock on it, a pruner an exclusive one
+PACKAGES_USED = ".dlh_packages"  # in a shadow version: the published packages dir it links to
 
 
 def default_runtime_root() -> Path:
@@ -192,8 +196,18 @@ class ProjectCache:
         tmp_link.symlink_to(version)
         os.replace(tmp_link, self.packages_link)
         self.publish_lock(lock_file)
+        used = self.packages_in_use()
         for old in sorted(versions.iterdir())[:-_KEEP_PACKAGE_VERSIONS]:
-            remove_tree(self.runtime_root, old)
+            if str(old) not in used:  # a shadow (maybe a live run's) still links to it
+                remove_tree(self.runtime_root, old)
+
+    def packages_in_use(self) -> set[str]:
+        """The published package versions the project's shadow versions link to."""
+        used = set()
+        for version in _plain_entries(self.root / "shadows"):
+            with contextlib.suppress(OSError):
+                used.add((version / PACKAGES_USED).read_text())
+        return used
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
@@ -225,6 +239,7 @@ class DbtRuntime:
     _parse_target: Path | None = field(default=None, repr=False)
     _layout: _ShadowLayout | None = field(default=None, repr=False)
     _active: ActiveMark | None = field(default=None, repr=False)  # retention skips a live run's dir
+    _in_use: int | None = field(default=None, repr=False)  # shared lock on the shadow version used
     _shadow_pattern: re.Pattern[str] | None = field(default=None, repr=False)
 
     @property
@@ -261,18 +276,27 @@ class DbtRuntime:
         root = cache.runtime_root
         run_dir = make_dir(root, root / "runs" / (identity or RunIdentity()).run_name())
         active = ActiveMark(run_dir)
-        layout = _ShadowLayout(project, install_path, cache)
-        if for_deps:
-            # dbt deps writes the packages dir and lock file: give it a private shadow of its own.
-            shadow = layout.build(run_dir / "project", private_packages=True)
-        else:
-            shadow = layout.shared()
-        runtime = cls(project, run_dir, cache, shadow, install_path, keep_target_artifacts)
-        runtime._layout = layout
-        runtime._active = active
-        runtime.target_dir.mkdir(mode=0o700)
-        runtime.log_dir.mkdir(mode=0o700)
-        return runtime
+        in_use: int | None = None
+        try:
+            layout = _ShadowLayout(project, install_path, cache)
+            if for_deps:
+                # dbt deps writes the packages dir and lock file: give it a private shadow of its own.
+                shadow = layout.build(run_dir / "project", private_packages=True)
+            else:
+                shadow, in_use = layout.shared()
+            runtime = cls(project, run_dir, cache, shadow, install_path, keep_target_artifacts)
+            runtime._layout, runtime._active, runtime._in_use = layout, active, in_use
+            runtime.target_dir.mkdir(mode=0o700)
+            runtime.log_dir.mkdir(mode=0o700)
+            return runtime
+        except BaseException as exc:  # leave nothing behind; our own failure, said as such
+            if in_use is not None:
+                os.close(in_use)
+            active.release()
+            remove_tree(root, run_dir)
+            if isinstance(exc, OSError):
+                raise DbtRuntimeException(_workspace_error(exc, project, root)) from exc
+            raise
 
     def seed_partial_parse(self, key: str, target_dir: Path | None = None) -> bool:
         """Start from the project's last parse so dbt re-parses only what changed.
@@ -336,6 +360,9 @@ class DbtRuntime:
         """Remove what the run wrote; keep target and logs when asked to (until retention prunes them)."""
         if self._active is not None:
             self._active.release()
+        if self._in_use is not None:
+            os.close(self._in_use)
+            self._in_use = None
         if not self.run_dir.exists():
             return
         if self.keep_target_artifacts:
@@ -431,26 +458,95 @@ class _ShadowLayout:
             packages.symlink_to(source)
         return shadow
 
-    def shared(self) -> Path:
-        """The project's stable shadow path, (re)built if the project or packages changed."""
+    def shared(self) -> tuple[Path, int]:
+        """The project's stable shadow path, (re)built if the project or packages changed, and a
+        shared lock on the version it leads to: the run holds it, so no prune removes that version."""
         stable = self.cache.root / "project"
         wanted = self.fingerprint()
-        marker = stable / ".dlh_shadow"
-        with contextlib.suppress(OSError):
-            if marker.read_text() == wanted:
-                return self.shadow_in(stable)
-        versions = ensure_dir(self.cache.runtime_root, self.cache.root / "shadows")
-        version = versions / f"{wanted}-{secrets.token_hex(3)}"
-        self.build(version, private_packages=False)
-        (version / ".dlh_shadow").write_text(wanted)
-        tmp_link = self.cache.root / f".project.{secrets.token_hex(4)}"
-        tmp_link.symlink_to(version)
-        os.replace(tmp_link, stable)  # atomic: running dbt processes see the old or the new shadow
-        current = version.name
-        for old in sorted(versions.iterdir(), key=lambda p: p.stat().st_mtime)[:-_KEEP_PACKAGE_VERSIONS]:
-            if old.name != current:
-                remove_tree(self.cache.runtime_root, old)
-        return self.shadow_in(stable)
+        for _ in range(10):
+            held = _use_version(stable, wanted)
+            if held is not None:
+                return self.shadow_in(stable), held
+            self._publish(stable, wanted)
+        raise DbtRuntimeException(
+            f"The shared copy of project {self.project} under {self.cache.root} kept changing while this "
+            "run tried to use it (other runs publishing other versions of the project or its packages); "
+            "run again")
+
+    def _publish(self, stable: Path, wanted: str) -> None:
+        """Build and link a shadow for ``wanted``, one builder per project (a flock); then prune."""
+        root = self.cache.runtime_root
+        lock = open_state_file(self.cache.root / ".shadow.lock")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here, then find it built
+            with contextlib.suppress(OSError):
+                if (stable / SHADOW_MARKER).read_text() == wanted and (stable / IN_USE).is_file():
+                    return
+            versions = ensure_dir(root, self.cache.root / "shadows")
+            version = versions / f"{wanted}-{secrets.token_hex(3)}"
+            self.build(version, private_packages=False)
+            os.close(open_state_file(version / IN_USE))
+            (version / PACKAGES_USED).write_text(str(self._packages_source(False) or ""))
+            (version / SHADOW_MARKER).write_text(wanted)
+            tmp_link = self.cache.root / f".project.{secrets.token_hex(4)}"
+            tmp_link.symlink_to(version)
+            os.replace(tmp_link, stable)  # atomic: running dbt processes see the old or the new shadow
+            for old in _plain_entries(versions):
+                if old.name != version.name:
+                    _remove_unused(root, old)
+        finally:
+            os.close(lock)
+
+
+def _workspace_error(exc: OSError, project: Path, root: Path) -> str:
+    """The headline for a workspace that could not be made: which path, and what happened to it."""
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    what = "vanished (removed by another process)" if isinstance(exc, FileNotFoundError) else exc.strerror
+    return (f"Could not prepare the dbt workspace of {project} under the runtime root {root}: {where} "
+            f"{what}; nothing of this run was kept")
+
+
+def _use_version(stable: Path, wanted: str) -> int | None:
+    """A shared lock on the shadow version ``stable`` leads to, if it is ``wanted`` and still there."""
+    try:
+        fd = os.open(stable / IN_USE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a pruner removes this version (ms)
+        if os.fstat(fd).st_nlink and (stable / SHADOW_MARKER).read_text() == wanted:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _plain_entries(parent: Path) -> list[Path]:
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    return []
+
+
+def _remove_unused(root: Path, version: Path) -> None:
+    """Remove a shadow version no run holds (its ``IN_USE`` lock free), keeping the lock meanwhile."""
+    try:
+        fd = os.open(version / IN_USE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if (version / SHADOW_MARKER).exists():
+            remove_tree(root, version)  # made before runs held versions: nothing can hold it
+        return  # else another builder is still building it
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return  # a live run uses it
+    try:
+        remove_tree(root, version)
+    finally:
+        os.close(fd)
 
 
 def _shadow_paths(cache_root: Path, run_dir: Path) -> re.Pattern[str]:
