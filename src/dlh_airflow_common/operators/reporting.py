@@ -41,7 +41,8 @@ class Reporter:
         lineage = self._after(artifacts)
         self.retry_state.clear()
         if self.docs_to is not None:  # the outcome of a docs task, so a failure to publish fails it
-            self.log.info("Published dbt docs: %s", publish_docs(artifacts, *self.docs_to))
+            published = publish_docs(artifacts, *self.docs_to, dag_id=self.ti.dag_id)  # its readers' DAG
+            self.log.info("Published dbt docs: %s", published)
         return lineage
 
     def failure(self, exc: DbtException, artifacts: Path, seconds: float, command: str,
