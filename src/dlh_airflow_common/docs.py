@@ -247,12 +247,18 @@ def _closing(*fds: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _locked(project_fd: int) -> Iterator[None]:
+def _locked(project_fd: int, where: Path) -> Iterator[None]:
     """The project's publish lock: opened without following a link and without truncating anything."""
-    fd = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=project_fd)
+    try:
+        fd = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=project_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DocsError(f"the docs store's {where / '.lock'} is a symlink, which it never creates; "
+                            "remove it (the next publish recreates it)") from None
+        raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DocsError("the docs store's .lock is not a regular file; remove it")
+            raise DocsError(f"the docs store's {where / '.lock'} is not a regular file; remove it")
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -279,7 +285,7 @@ def _publish_local(artifacts: Path, files: list[str], location: Path, project: s
                     digests = {name: _copy_in(artifacts / name, stage, name) for name in files}
                     _write_new(stage, INDEX, _index(digests, dag_id))
                 os.rename(staging, version, src_dir_fd=versions, dst_dir_fd=versions)
-                with _locked(project_fd):
+                with _locked(project_fd, location / project):
                     if dag_id:
                         _add_publisher(project_fd, location / project, dag_id)
                     current = _local_current(project_fd, location / project, strict=False)
