@@ -577,3 +577,29 @@ def test_a_browser_without_login_goes_to_the_login_page(served: Served) -> None:
     # API clients (a bearer token, or no HTML wanted) still get the plain refusal.
     assert served.get("/dbt-docs/demo/", "not-a-jwt", accept=HTML)[0] in (401, 403)
     assert served.get("/dbt-docs/demo/manifest.json")[0] == 401
+
+
+def test_object_storage_serves_only_what_was_published(tmp_path: Path) -> None:
+    """The same index and hash check on object storage (fsspec's memory:// as s3:// or gs:// would be)."""
+    src = tmp_path / "gen"
+    src.mkdir()
+    (src / "manifest.json").write_text(json.dumps({"metadata": {"project_name": "demo",
+                                                                "generated_at": "2026-03-01T10:00:00Z"}}))
+    (src / "catalog.json").write_text("{}")
+    (src / "index.html").write_text("published")
+    where = f"memory://docs-{secrets.token_hex(4)}/site"
+    docs.publish_docs(src, where, dag_id="dag_a")
+    docs.publish_docs(src, where, dag_id="dag_b")  # another DAG publishing the same project
+    site = docs.DocsSite(where)
+    assert site.read("demo", "index.html") == b"published"
+    assert site.publishers("demo") == {"dag_a", "dag_b"}
+    version = docs._storage(where, None) / "demo" / "versions" / site.version("demo")
+    (version / "index.html").write_bytes(PLANTED)
+    with pytest.raises(docs.DocsError, match="was changed after it was published"):
+        site.read("demo", "index.html")
+    (version / "static_index.html").write_bytes(PLANTED)
+    with pytest.raises(docs.DocsError, match="was not written by the publisher"):
+        site.read("demo", "static_index.html")
+    (version / docs.INDEX).unlink()
+    with pytest.raises(docs.DocsError, match="no valid index of published files"):
+        site.read("demo", "catalog.json")

@@ -520,7 +520,10 @@ class DocsSite:
 
 
 def _has_current(root: int, name: str) -> bool:
+    """A project dir (not a link to one) with a ``current`` pointer."""
     try:
+        if not stat.S_ISDIR(os.stat(name, dir_fd=root, follow_symlinks=False).st_mode):
+            return False
         return stat.S_ISLNK(os.stat(f"{name}/current", dir_fd=root, follow_symlinks=False).st_mode)
     except OSError:
         return False
