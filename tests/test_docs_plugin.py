@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from dlh_airflow_common import docs
+from dlh_airflow_common import docs, docs_plugin
 from tests.conftest import EXAMPLES, REPO
 from tests.pgserver import free_port
 from tests.test_scheduler_smoke import AirflowStack
@@ -332,6 +332,9 @@ def test_browser_renders_the_docs(served: Served, tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=120)
 
     try:
+        # The proxy passes the docs app's headers on: the page below renders under its CSP.
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            assert resp.headers["Content-Security-Policy"] == docs_plugin.CSP
         dom = browse("--dump-dom")
         assert dom.returncode == 0, _fail("chromium --dump-dom", dom)
         # Only the manifest (fetched by the page through the API server) holds these names, and only
