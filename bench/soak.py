@@ -48,7 +48,7 @@ def _build(project: Path, root: Path, conn: ConnectionInfo, schema: str) -> Base
     try:
         DbtInvoker(project, ProfileConfig(connection=conn, schema_override=schema), runtime_root=root).invoke(
             DbtCommand("build", exclude="test_type:data"))
-    except BaseException as exc:  # noqa: BLE001  (counted by cause)
+    except BaseException as exc:  # counted by cause
         return exc
     return None
 
@@ -60,11 +60,13 @@ def _fresh_root(base: Path, project: Path, conn: ConnectionInfo, name: str) -> P
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=8, help="concurrent builds per round (8)")
     parser.add_argument("--rounds", type=int, default=50, help="rounds, each on a fresh runtime root (50)")
     parser.add_argument("--warehouse", choices=["postgres", "duckdb"], default="postgres")
-    parser.add_argument("--warm", action="store_true", help="warm dbt starts (default: cold, DLH_DBT_WARM_START=0)")
+    parser.add_argument("--warm", action="store_true",
+                        help="warm dbt starts (default: cold, DLH_DBT_WARM_START=0)")
     args = parser.parse_args()
     os.environ["DLH_DBT_WARM_START"] = "1" if args.warm else "0"
     base = Path(tempfile.mkdtemp(prefix="dlh-soak-"))
@@ -98,7 +100,8 @@ def main() -> int:
                 print(f"one run alone failed: {_cause(failed)}")
                 return 1
         solo = statistics.median(alone)
-        print(f"one run alone: median {solo:.1f}s (min {min(alone):.1f}s, 3 runs); warehouse {args.warehouse}, "
+        print(f"one run alone: median {solo:.1f}s (min {min(alone):.1f}s, 3 runs); "
+              f"warehouse {args.warehouse}, "
               f"{'warm' if args.warm else 'cold'} starts, {args.runs} runs x {args.rounds} rounds")
         print(f"{'round':>5} {'ok':>4} {'failed':>6} {'dirs left':>9} {'wall s':>7} {'x alone':>8}")
         total_ok, causes, left_total, walls = 0, collections.Counter[str](), 0, []
