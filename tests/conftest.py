@@ -65,6 +65,7 @@ import pytest  # noqa: E402
 
 from dlh_airflow_common.core import ConnectionInfo  # noqa: E402
 from tests.pgserver import PgServer  # noqa: E402
+from tests.warmth import DbtStart  # noqa: E402
 
 EXAMPLES = REPO / "examples"
 CANARY = "Canary-Pw-5f1e9c2d7b"
@@ -113,6 +114,14 @@ def runtime_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def duck(tmp_path: Path) -> ConnectionInfo:
     return ConnectionInfo("duck", "duckdb", host=str(tmp_path / "warehouse.duckdb"), extra={"threads": 4})
+
+
+@pytest.fixture(params=["cold", "warm"])
+def dbt_start(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DbtStart]:
+    """Both ways dbt starts, each with a private warm dir: no test runs warm by a leftover server."""
+    start = DbtStart(request.param, tmp_path / "warm-home", monkeypatch)
+    yield start
+    start.stop()
 
 
 @pytest.fixture(scope="session")
