@@ -23,7 +23,8 @@ from dlh_airflow_common.core import (
 )
 from tests.conftest import CANARY, add_model
 from tests.pgserver import PgServer
-from tests.processes import dbt_processes, group_pids
+from tests.processes import dbt_pids, dbt_processes, group_pids
+from tests.warmth import DbtStart
 
 
 def _invoker(project: Path, conn: ConnectionInfo, root: Path, **kw: object) -> DbtInvoker:
@@ -96,14 +97,21 @@ def test_eight_concurrent_runs_are_isolated_and_keep_the_parse_cache(
     assert "Partial parsing enabled: 0 files deleted, 0 files added, 0 files changed" in log
 
 
+# Cold only (a warm fork's cancel: test_processes.py): still a private warm dir, so no leftover server decides.
+@pytest.mark.parametrize("dbt_start", ["cold"], indirect=True)
 def test_cancel_stops_query_and_process_and_keeps_no_secret(
-    demo_project: Path, pg_conn: ConnectionInfo, runtime_root: Path, pg: PgServer,
+    dbt_start: DbtStart, demo_project: Path, pg_conn: ConnectionInfo, runtime_root: Path, pg: PgServer,
     caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
 ) -> None:
     schema = pg_conn.extra["schema"]
     runner = SubprocessRunner(cancel_grace=20)
     inv = _invoker(demo_project, pg_conn, runtime_root, runner=runner, keep_target_artifacts=True)
-    _invoker(demo_project, pg_conn, runtime_root).invoke(DbtCommand("deps"))
+
+    def deps() -> None:
+        _invoker(demo_project, pg_conn, runtime_root).invoke(DbtCommand("deps"))
+
+    deps()
+    dbt_start.prime(deps, times=1)
     outcome: dict[str, object] = {}
 
     def work() -> None:
@@ -121,10 +129,12 @@ def test_cancel_stops_query_and_process_and_keeps_no_secret(
         pg.wait_until(sleeping, lambda rows: len(rows) == 1, timeout=60)
         pid = runner.pid
         assert pid is not None
+        dbt_start.assert_started(pid)  # the mode this test asked for, not a server another test left
         group = group_pids(pid)
         cmdlines = b"".join(Path(f"/proc/{p}/cmdline").read_bytes() for p in group)
-        assert CANARY.encode() not in cmdlines and b"dbt" in cmdlines
-        assert dbt_processes(runtime_root)  # the leftover check below can see this run
+        program = b"dlh_airflow_common._dbt_entry" if dbt_start.mode == "cold" else b"dlh_airflow_common.core.warm"
+        assert program in cmdlines and CANARY.encode() not in cmdlines  # the command lines were read
+        assert pid in dbt_pids(runtime_root)  # the leftover check below can see this run
         started = time.monotonic()
         inv.cancel()
         thread.join(60)

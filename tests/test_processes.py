@@ -22,25 +22,33 @@ from dlh_airflow_common.core import (
 )
 from tests.pgserver import PgServer
 from tests.processes import dbt_processes, group_pids, no_dbt_processes, start_until_sleeping
+from tests.warmth import DbtStart
 
 
-def test_helper_sees_a_running_dbt_and_then_none(demo_project: Path, pg_conn: ConnectionInfo,
-                                                   runtime_root: Path, pg: PgServer,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DLH_DBT_WARM_START", "0")  # a cold start: the entry module's own command line
+def test_helper_sees_a_running_dbt_and_then_none(dbt_start: DbtStart, demo_project: Path,
+                                                   pg_conn: ConnectionInfo, runtime_root: Path,
+                                                   pg: PgServer) -> None:
+    """Cold, dbt is the entry module's command line; warm, a fork whose command line is the server's."""
     runner = SubprocessRunner(cancel_grace=20)
     inv = DbtInvoker(demo_project, ProfileConfig(connection=pg_conn), runtime_root=runtime_root,
                      runner=runner)
     assert dbt_processes(runtime_root) == []
-    DbtInvoker(demo_project, ProfileConfig(connection=pg_conn), runtime_root=runtime_root).invoke(
-        DbtCommand("deps"))
+
+    def deps() -> None:
+        DbtInvoker(demo_project, ProfileConfig(connection=pg_conn), runtime_root=runtime_root).invoke(
+            DbtCommand("deps"))
+
+    deps()
+    dbt_start.prime(deps, times=1)
     thread, errors = start_until_sleeping(lambda: inv.invoke(DbtCommand(
         "build", select="+slow_model", vars={"slow_seconds": 120}, exclude="test_type:data")), pg)
-    seen = dbt_processes(runtime_root)
     pid = runner.pid
     assert pid is not None and group_pids(pid)
-    # the dbt child is the entry module, not a bin/dbt command line, and the helper still sees it
-    assert any(s.startswith(f"{pid} ") and "dlh_airflow_common._dbt_entry" in s for s in seen), seen
+    dbt_start.assert_started(pid)
+    seen = dbt_processes(runtime_root)
+    program = "dlh_airflow_common._dbt_entry" if dbt_start.mode == "cold" else "dlh_airflow_common.core.warm"
+    # neither is a bin/dbt command line, and the helper still sees it
+    assert any(s.startswith(f"{pid} ") and program in s for s in seen), seen
     assert dbt_processes(runtime_root.parent / "another-root") == []  # other runs are not ours
     inv.cancel()
     thread.join(60)

@@ -28,16 +28,16 @@ class DbtStart:
         monkeypatch.setenv("DLH_DBT_WARM_DIR", str(home))
         monkeypatch.setenv("DLH_DBT_WARM_START", "1" if mode == "warm" else "0")
 
-    def prime(self, start_dbt: Callable[[], object], timeout: float = 90) -> None:
-        """Warm: run ``start_dbt`` (a cheap dbt command) twice, then wait until the server listens.
+    def prime(self, start_dbt: Callable[[], object], times: int = 2, timeout: float = 90) -> None:
+        """Warm: run ``start_dbt`` (a cheap dbt command) ``times`` times, then wait until the server listens.
 
-        A host that starts dbt again soon after a cold start gets a server for the starts after that.
-        Cold: nothing to do.
+        A host that starts dbt again soon after a cold start gets a server for the starts after that
+        (``times=1`` when the test has just started dbt once itself). Cold: nothing to do.
         """
         if self.mode == "cold":
             return
-        start_dbt()
-        start_dbt()
+        for _ in range(times):
+            start_dbt()
         deadline = time.monotonic() + timeout
         while not list(self.home.glob("*.sock")) and time.monotonic() < deadline:
             time.sleep(0.2)
