@@ -2,7 +2,7 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 
-.PHONY: install test test-compat lint typecheck demo demo-core bench plugin-venv
+.PHONY: install system-deps test test-compat lint typecheck demo demo-core bench plugin-venv
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -14,7 +14,12 @@ lint: install
 typecheck: install
 	$(UV) run --frozen mypy
 
-test: lint typecheck
+# PostgreSQL server binaries, util-linux unshare and Chromium: installed with apt-get when missing and this
+# user may (root or passwordless sudo); otherwise it names the packages to install and stops.
+system-deps:
+	@scripts/system-deps.sh
+
+test: system-deps lint typecheck
 	$(UV) run --frozen pytest
 	$(MAKE) --no-print-directory test-compat
 
@@ -23,7 +28,7 @@ test: lint typecheck
 # tests/conftest.py and pyproject.toml's pytest settings apply. --locked: when this project's dependencies
 # change, the run stops until `python3 -m uv lock --project compat/airflow-3.1` refreshes that lock too.
 COMPAT := compat/airflow-3.1
-test-compat:
+test-compat: system-deps
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	$(UV) sync --project $(COMPAT) --locked
 	$(UV) run --project $(COMPAT) --locked pytest tests/test_operator.py tests/test_scheduler_smoke.py tests/test_compat.py
