@@ -79,11 +79,12 @@ def dbt_pids(runtime_root: str | os.PathLike[str]) -> list[int]:
                 found.add(int(pid))
         except (OSError, IndexError):
             continue  # exited while we looked
-    for pid in parents:  # descendants, whatever they are called and wherever they run
-        seen, up = set(), parents.get(pid)
+    for child in parents:  # descendants, whatever they are called and wherever they run
+        seen: set[int] = set()
+        up = parents.get(child)
         while up is not None and up not in seen and up > 1:
             if up in found:
-                found.add(pid)
+                found.add(child)
                 break
             seen.add(up)
             up = parents.get(up)
