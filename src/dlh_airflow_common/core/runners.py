@@ -176,6 +176,8 @@ class SubprocessRunner:
             for line in proc.stdout:
                 _dispatch(line, on_event, on_text)
             rc = proc.wait()
+            if rc < 0 and not self._cancelled.is_set():
+                on_event(killed_event(proc.pid, rc))
         finally:
             if timer is not None:
                 timer.cancel()
@@ -206,6 +208,22 @@ class SubprocessRunner:
         log.warning("dbt did not stop within %.0fs; sending SIGKILL", self.cancel_grace)
         _killpg(pgid, signal.SIGKILL)
         proc.wait()
+
+
+def killed_event(pid: int, rc: int) -> dict[str, Any]:
+    """A dbt process that a signal ended, as the exception event its failure headline is made from.
+
+    Without it, the headline would be the last line dbt happened to print, as if dbt had failed.
+    """
+    try:
+        name = signal.Signals(-rc).name
+    except ValueError:
+        name = f"signal {-rc}"
+    event = exception_event(RuntimeError(
+        f"dbt (pid {pid}) was killed by {name} before it reported a result (out of memory, or killed "
+        f"from outside); return code {rc}"))
+    event["data"]["classes"] = ["DbtProcessKilled"]
+    return event
 
 
 def _dispatch(line: str, on_event: EventSink, on_text: TextSink) -> None:

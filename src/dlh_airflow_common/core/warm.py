@@ -3,11 +3,26 @@
 Importing dbt costs about 1.5 s of CPU, paid by every dbt command: on a worker running one task per dbt
 node, that is most of each task's cost. A server started on demand imports dbt once and listens on a
 Unix socket in a private, host-local dir (0700, ``$DLH_DBT_WARM_DIR`` or ``<tmp>/dlh-dbt-warm-<uid>``).
-For each dbt command the client passes its argv, environment, working dir and the write end of its
-output pipe; the server forks, and the child becomes what ``python -m dlh_airflow_common._dbt_entry``
-would have been: its own session (cancellation signals its process group), that environment only,
-that pipe as stdout/stderr. The server never sees a dbt result and holds no secret after the fork
-(they travel over the socket into the child's environment, never to disk or argv).
+
+The server cannot hurt a run. It accepts a connection only from its own uid (``SO_PEERCRED``; the
+client checks the server's uid the same way) and forks at once: the *child* reads the request (argv,
+environment with its ``DBT_ENV_SECRET_*`` values, working dir, the write end of the client's output
+pipe), so no request, and no secret, ever enters the server's memory, which later forks copy. The
+child closes every file descriptor it inherited (the server's lock, listener and other tasks'
+connections; only multiprocessing's resource-tracker pipe stays, which forks are meant to share),
+checks that it sees what the client sees (the same namespaces, root, working dir and dbt paths, per
+request: a key computed once cannot tell), and only then becomes what
+``python -m dlh_airflow_common._dbt_entry`` would have been: its own session (cancellation signals
+its process group), that environment only, that pipe as stdout/stderr. A child that cannot start dbt
+says why on the connection and the client starts dbt cold, with one log line. The child writes its
+exit code on its own connection just before it exits, so the code reaches the client whether the
+server still runs or not; a child killed by a signal writes nothing, and then the server (if alive)
+reports the signal, or the connection just closes, which the client reports as killed.
+
+A fork inherits, from the task that started the server, what the environment does not reset: its
+cgroup (memory and CPU limits are those of that task's container or unit), its rlimits, umask and
+nice value, and its user and groups. It does not inherit that task's environment (each child gets
+its request's) nor its working dir (the server runs in ``/``; each child changes to its request's).
 
 It is used only when dbt runs beside this Python (the entry module), and only on a host that starts
 dbt again within ``_REUSE_SECONDS`` of the last start (so a pod that runs one task never pays for a
@@ -28,13 +43,14 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from dlh_airflow_common.core.profiles import SECRET_PREFIX
 
@@ -44,10 +60,16 @@ WARM_ENV = "DLH_DBT_WARM_START"
 WARM_DIR_ENV = "DLH_DBT_WARM_DIR"
 _IDLE_SECONDS = 300.0
 _REUSE_SECONDS = 120.0
+_HANDSHAKE_SECONDS = 10.0
 _MAX_REQUEST = 16 * 1024 * 1024
 _SERVER_MAIN = ("import sys; from dlh_airflow_common.core.warm import serve; "
                 "sys.exit(serve(sys.argv[1], sys.argv[2]))")
 _SERVER_ENV = {"PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV", WARM_DIR_ENV}
+_NAMESPACES = ("mnt", "net", "pid", "user", "uts", "ipc", "cgroup")
+# Paths dbt is given through its environment: the child must see the same files there.
+_PATH_VARS = ("DBT_PROJECT_DIR", "DBT_PROFILES_DIR", "DBT_TARGET_PATH", "DBT_LOG_PATH")
+# A child that ended without an exit code (killed by a signal its server could not report): as SIGKILL.
+KILLED = -int(signal.SIGKILL)
 
 
 def warm_dir() -> Path | None:
@@ -69,9 +91,13 @@ def _key() -> str:
 
     A forked child sees the server's filesystem, network and processes, not the client's: a client in
     another container or mount namespace (a read-only bind mount of the project made with ``unshare``,
-    a sidecar sharing ``/tmp``) must get its own server, or dbt would not find the project it was given.
+    a sidecar sharing ``/tmp``) should get its own server. The key only picks a server; whether its
+    fork may serve a request is checked per request (:func:`_view_mismatch`).
     """
-    parts = [sys.executable, *_host_view()]
+    parts = [sys.executable, *_namespaces().values()]
+    with contextlib.suppress(OSError):
+        root = os.stat("/")
+        parts.append(f"{root.st_dev}:{root.st_ino}")
     for dist in ("dbt-core", "dlh-airflow-common"):
         try:
             parts.append(metadata.version(dist))
@@ -83,26 +109,67 @@ def _key() -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def _host_view() -> list[str]:
-    """The namespaces and root this process sees (Linux ``/proc/self/ns``; elsewhere only the root)."""
-    view = []
-    for ns in ("mnt", "net", "pid", "user", "uts", "ipc", "cgroup"):
+def _namespaces() -> dict[str, str]:
+    """The namespaces this process is in (Linux ``/proc/self/ns``; "-" where unreadable)."""
+    view = {}
+    for ns in _NAMESPACES:
         try:
-            view.append(os.readlink(f"/proc/self/ns/{ns}"))
+            view[ns] = os.readlink(f"/proc/self/ns/{ns}")
         except OSError:
-            view.append("-")
-    with contextlib.suppress(OSError):
-        root = os.stat("/")
-        view.append(f"{root.st_dev}:{root.st_ino}")
+            view[ns] = "-"
     return view
+
+
+def _file_id(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+def _view(env: dict[str, str], cwd: Path | None) -> dict[str, Any]:
+    """What this client sees that a fork must see too: its namespaces and the files dbt is pointed at."""
+    paths = ["/", *(env[v] for v in _PATH_VARS if env.get(v)), *([str(cwd)] if cwd else [])]
+    return {"ns": _namespaces(), "files": {p: _file_id(p) for p in paths}}
+
+
+def _view_mismatch(view: Any) -> str | None:
+    """Why this process does not see what the client saw (None: it does); a few readlinks and stats."""
+    if not isinstance(view, dict):
+        return "the client sent no view of its host"
+    theirs, ours = view.get("ns") or {}, _namespaces()
+    for ns, mine in ours.items():
+        if theirs.get(ns) != mine:
+            return f"another {ns} namespace (the server is in {mine}, the client in {theirs.get(ns)})"
+    for path, seen in (view.get("files") or {}).items():
+        here = _file_id(path)
+        if here != seen:
+            what = "missing" if here is None else "another file"
+            return f"{path} is {what} for the server" + (" (missing for the client)" if seen is None else "")
+    return None
 
 
 def enabled() -> bool:
     return os.environ.get(WARM_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def _peer_uid(conn: socket.socket) -> int | None:
+    """The uid of the process at the other end (None where ``SO_PEERCRED`` does not exist)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          struct.calcsize("3i")))
+    return int(uid)
+
+
 class WarmProcess:
-    """A dbt child forked by the warm server: the parts of ``subprocess.Popen`` the runner uses."""
+    """A dbt child forked by the warm server: the parts of ``subprocess.Popen`` the runner uses.
+
+    Its return code arrives on the connection (``exit <code>``), written by the child itself as it
+    exits, or by the server for a child killed by a signal; a connection that closes without one is a
+    child killed while its server was gone: :data:`KILLED`, with a warning.
+    """
 
     def __init__(self, conn: socket.socket, pid: int, stdout: IO[str]) -> None:
         self._conn = conn
@@ -124,18 +191,23 @@ class WarmProcess:
         return self.returncode
 
     def _read_code(self) -> None:
-        data = b""
-        with contextlib.suppress(OSError):
-            while not data.endswith(b"\n"):
-                chunk = self._conn.recv(64)
-                if not chunk:
-                    break
-                data += chunk
+        line = ""
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            line = _read_line(self._conn)
         try:
-            self.returncode = int(data.strip())
-        except ValueError:  # the server went away: the child's exit status is lost
-            self.returncode = -1
+            word, code = line.split()
+            if word != "exit":
+                raise ValueError(line)
+            self.returncode = int(code)
+        except ValueError:
+            log.warning("Warm dbt (pid %s) ended without an exit code and its server could not report "
+                        "one: it was killed by a signal; reported as return code %d", self.pid, KILLED)
+            self.returncode = KILLED
         self._conn.close()
+
+
+class _Refused(Exception):
+    """The server or its fork would not start dbt for this request (the client starts it cold)."""
 
 
 def start(argv: list[str], env: dict[str, str], cwd: Path | None) -> WarmProcess | None:
@@ -154,7 +226,7 @@ def start(argv: list[str], env: dict[str, str], cwd: Path | None) -> WarmProcess
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn.settimeout(10)
+        conn.settimeout(_HANDSHAKE_SECONDS)
         conn.connect(str(sock_path))
     except OSError as exc:
         conn.close()
@@ -166,13 +238,23 @@ def start(argv: list[str], env: dict[str, str], cwd: Path | None) -> WarmProcess
         return None
     read_fd, write_fd = os.pipe()
     try:
-        request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd) if cwd else None}).encode()
+        uid = _peer_uid(conn)
+        if uid is not None and uid != os.getuid():
+            raise _Refused(f"its server {sock_path} runs as uid {uid}, not as this user ({os.getuid()})")
+        request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd) if cwd else None,
+                              "view": _view(env, cwd)}).encode()
         conn.sendmsg([len(request).to_bytes(8, "big") + request],
                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [write_fd]))])
-        pid = int(_read_line(conn))
+        reply = _read_line(conn).strip()
+        if not reply.startswith("pid "):
+            raise _Refused(reply or "the warm dbt server closed the connection")
+        pid = int(reply.split()[1])
+        conn.sendall(b"go\n")  # until this, the fork may not start dbt: a client that gave up gets no dbt
         conn.settimeout(None)
-    except (OSError, ValueError) as exc:
-        log.debug("Warm dbt start failed (%s); starting a new process", exc)
+    except (OSError, ValueError, _Refused) as exc:
+        why = f"timed out after {_HANDSHAKE_SECONDS:.0f}s waiting for the warm dbt server" \
+            if isinstance(exc, TimeoutError) else str(exc)
+        log.warning("Starting dbt cold, not from the warm server: %s", why)
         conn.close()
         os.close(read_fd)
         os.close(write_fd)
@@ -183,12 +265,15 @@ def start(argv: list[str], env: dict[str, str], cwd: Path | None) -> WarmProcess
 
 
 def _read_line(conn: socket.socket) -> str:
+    """One line from the connection (a short protocol line); OSError when it closes first."""
     data = b""
     while not data.endswith(b"\n"):
-        chunk = conn.recv(64)
+        chunk = conn.recv(1)  # byte by byte: whatever follows the line stays for the next reader
         if not chunk:
-            raise OSError("warm server closed the connection")
+            raise OSError("the warm dbt server closed the connection")
         data += chunk
+        if len(data) > 4096:
+            raise ValueError("warm dbt protocol line too long")
     return data.decode()
 
 
@@ -233,7 +318,7 @@ def _locked(lock: Path) -> bool:
 
 # -- the server -----------------------------------------------------------------------------------
 def serve(home_dir: str, key: str) -> int:
-    """Import dbt, then fork one child per request until idle; one server per key (an flock)."""
+    """Import dbt, then fork one child per connection until idle; one server per key (an flock)."""
     home = Path(home_dir)
     lock_fd = os.open(home / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -264,7 +349,7 @@ def serve(home_dir: str, key: str) -> int:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    children: dict[int, socket.socket] = {}
+    children: dict[int, socket.socket] = {}  # each child's connection: to report a signal that killed it
     last = time.monotonic()
     print(f"warm dbt server {os.getpid()} listening on {sock_path}", flush=True)
     accepting = True
@@ -275,22 +360,35 @@ def serve(home_dir: str, key: str) -> int:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
             _reap(children)
-            if listener in ready:
-                conn, _ = listener.accept()
-                last = time.monotonic()
-                loaded = preloader.preload()
-                if loaded:
-                    say(f"preloaded {len(loaded)} modules its dbt processes imported")
-                    if not _fork_safe(home, key, say, f"after importing {', '.join(loaded)}"):
-                        conn.close()  # this client starts dbt cold; running children finish first
-                        accepting = False
-                        _stop_listening(sock_path, listener)
-                        continue
-                with contextlib.suppress(OSError, ValueError):
-                    pid = _fork_child(conn, listener, wake_r, wake_w, home, key)
-                    children[pid] = conn
-                    continue
+            if listener not in ready:
+                continue
+            conn, _ = listener.accept()
+            last = time.monotonic()
+            try:
+                uid = _peer_uid(conn)
+            except OSError:
+                uid = -1
+            if uid is not None and uid != os.getuid():
+                say(f"refused a connection from uid {uid}: only its own user ({os.getuid()}) may use it")
                 conn.close()
+                continue
+            loaded = preloader.preload()
+            if loaded:
+                say(f"preloaded {len(loaded)} modules its dbt processes imported")
+                if not _fork_safe(home, key, say, f"after importing {', '.join(loaded)}"):
+                    conn.close()  # this client starts dbt cold; running children finish first
+                    accepting = False
+                    _stop_listening(sock_path, listener)
+                    continue
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                say(f"fork failed: {exc}")
+                conn.close()
+                continue
+            if pid == 0:
+                _child(conn, [listener, *children.values()], home, key)
+            children[pid] = conn
     finally:
         _stop_listening(sock_path, listener)
     return 0
@@ -320,6 +418,7 @@ def _unsafe(home: Path, key: str) -> Path:
 
 
 def _reap(children: dict[int, socket.socket]) -> None:
+    """Collect ended children; tell the client of one killed by a signal (one that exited said so itself)."""
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -329,72 +428,133 @@ def _reap(children: dict[int, socket.socket]) -> None:
             return
         conn = children.pop(pid, None)
         if conn is not None:
+            with contextlib.suppress(OSError):  # after the child's own line, if it wrote one: never read
+                conn.settimeout(0.5)
+                conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
+            conn.close()
+
+
+# -- a forked child -------------------------------------------------------------------------------
+def _close_inherited(conn_fd: int) -> None:
+    """Close every descriptor but 0, 1, 2, the child's connection and multiprocessing's tracker pipe.
+
+    The server's lock, listener, wake-up pipe and other tasks' connections must not live on in a dbt
+    process: they hold another task's connection open (its exit code lost with the server) and the
+    server's lock (no new server after it dies). The resource tracker's pipe is meant to be shared by
+    forks (the adapter's locks register there; its number, closed, would fail dbt's first adapter).
+    """
+    keep = {conn_fd}
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    tracker_fd = getattr(getattr(tracker, "_resource_tracker", None), "_fd", None)
+    if isinstance(tracker_fd, int):
+        keep.add(tracker_fd)
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: every number up to the limit
+        fds = list(range(3, min(os.sysconf("SC_OPEN_MAX"), 65536)))
+    for fd in fds:
+        if fd > 2 and fd not in keep:
             with contextlib.suppress(OSError):
-                conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
-            conn.close()
+                os.close(fd)
 
 
-def _fork_child(conn: socket.socket, listener: socket.socket, wake_r: int, wake_w: int, home: Path,
-                key: str) -> int:
-    conn.settimeout(10)
-    header, fds, _flags, _addr = conn.recvmsg(8, socket.CMSG_SPACE(array.array("i", [0]).itemsize))
-    out_fd = -1
-    for level, kind, data in fds:
+def _receive(conn: socket.socket) -> tuple[dict[str, Any], int]:
+    """The request and the client's output pipe (its write end), read in the child, never the server."""
+    size_fd = array.array("i", [0]).itemsize
+    header, ancillary, _flags, _addr = conn.recvmsg(8, socket.CMSG_SPACE(size_fd))
+    fds: list[int] = []
+    for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            out_fd = array.array("i", data[:array.array("i", [0]).itemsize])[0]
-    size = int.from_bytes(header, "big")
-    if out_fd < 0 or not 0 < size <= _MAX_REQUEST:
-        raise ValueError("bad request")
-    body = b""
+            fds.extend(array.array("i", data[:len(data) - len(data) % size_fd]))
+    size = int.from_bytes(header, "big") if len(header) == 8 else 0
+    if len(fds) != 1 or not 0 < size <= _MAX_REQUEST:
+        raise ValueError("a malformed request (no output pipe, or a bad size)")
+    body = bytearray()
     while len(body) < size:
-        chunk = conn.recv(size - len(body))
+        chunk = conn.recv(min(size - len(body), 1 << 20))
         if not chunk:
-            raise ValueError("short request")
+            raise ValueError("a short request")
         body += chunk
-    request: dict[str, Any] = json.loads(body)
-    pid = os.fork()
-    if pid == 0:  # the child: becomes the dbt process
-        code = 2
-        try:
-            listener.close()
-            conn.close()
-            signal.set_wakeup_fd(-1)
-            os.close(wake_r)
-            os.close(wake_w)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # dbt's cancel is KeyboardInterrupt
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.setsid()
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(out_fd, 1)
-            os.dup2(out_fd, 2)
-            os.close(null)
-            os.close(out_fd)
-            if request.get("cwd"):
-                os.chdir(request["cwd"])
-            os.environ.clear()
-            os.environ.update(request["env"])
-            sys.argv = ["dbt", *request["argv"]]
-            from dlh_airflow_common._dbt_entry import main
-            from dlh_airflow_common.core.warmup import record_imports
+    request = json.loads(body)
+    if not isinstance(request, dict):
+        raise ValueError("a malformed request")
+    return request, fds[0]
 
-            before = list(sys.modules)
-            code = main(list(request["argv"]))
-            record_imports(home, key, before)  # the server imports them for the next forks
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:  # the child must never return into the server loop
-            import traceback
 
-            traceback.print_exc()
-            code = 2
-        finally:
+def _child(conn: socket.socket, inherited: list[socket.socket], home: Path, key: str) -> NoReturn:
+    """Become the dbt process of the request on ``conn``; never returns into the server loop.
+
+    Anything that fails before dbt starts is a refusal (``refused: why``): the client starts dbt cold.
+    """
+    code = 3
+    started = False
+    try:
+        for sock in inherited:
+            sock.detach()  # closed below, with every other inherited descriptor
+        signal.set_wakeup_fd(-1)
+        _close_inherited(conn.fileno())
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # dbt's cancel is KeyboardInterrupt
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.setsid()
+        conn.settimeout(_HANDSHAKE_SECONDS)
+        request, out_fd = _receive(conn)
+        why = _view_mismatch(request.get("view"))
+        if why:
+            raise _Refused(why)
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
+        argv = [str(a) for a in request["argv"]]
+        from dlh_airflow_common._dbt_entry import main
+        from dlh_airflow_common.core.warmup import record_imports
+
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        os.close(null)
+        os.close(out_fd)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = ["dbt", *argv]
+        del request  # the secrets now live in this process's environment only
+        conn.sendall(f"pid {os.getpid()}\n".encode())
+        if _read_line(conn) != "go\n":
+            raise _Refused("the client gave up")
+        conn.settimeout(None)
+        started = True
+        before = list(sys.modules)
+        code = main(argv)
+        record_imports(home, key, before)  # the server imports them for the next forks
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException as exc:  # the child must never return into the server loop
+        if not started:
+            why = str(exc) if isinstance(exc, _Refused) else f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
-    os.close(out_fd)
-    conn.sendall(f"{pid}\n".encode())
-    conn.settimeout(None)
-    return pid
+                print(f"warm dbt server fork {os.getpid()}: refused a request: {why}", flush=True)
+                conn.sendall(f"refused: {why}\n".encode())
+            os._exit(3)
+        _report_crash(exc)
+        code = 2
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        if started:
+            with contextlib.suppress(Exception):
+                conn.sendall(f"exit {code}\n".encode())
+        os._exit(code)
+
+
+def _report_crash(exc: BaseException) -> None:
+    """Our own code failed after dbt started: a headline naming it, then the traceback for detail."""
+    import traceback
+
+    from dlh_airflow_common._dbt_entry import exception_event
+
+    with contextlib.suppress(Exception):
+        event = exception_event(exc)
+        event["data"]["message"] = f"the warm dbt fork failed: {type(exc).__name__}: {exc}"
+        sys.stdout.write(json.dumps(event) + "\n")
+        traceback.print_exc()
