@@ -8,10 +8,12 @@ task gets when the server dies under it.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,8 @@ from dlh_airflow_common.core import (
     SubprocessRunner,
     warm,
 )
+from dlh_airflow_common.core.classify import Evidence, classify
+from dlh_airflow_common.core.exceptions import DbtRuntimeException
 from tests.pgserver import PgServer
 from tests.processes import start_until_sleeping, wait_for_sleep
 from tests.warm_helpers import (
@@ -245,3 +249,23 @@ def test_no_secret_stays_in_the_server_or_reaches_a_later_fork(
         finally:
             later.cancel()
             thread.join(60)
+
+
+def test_a_fork_killed_while_its_server_is_gone_is_reported_as_killed(caplog: pytest.LogCaptureFixture) -> None:
+    """No exit line and a closed connection: the client reports SIGKILL's code with a warning, and the
+    runner's failure headline names the signal instead of dbt's last line."""
+    from dlh_airflow_common.core.runners import killed_event
+
+    for sent, expected in ((b"exit 0\n", 0), (b"exit 1\n", 1), (b"exit -15\n", -15), (b"", warm.KILLED)):
+        ours, theirs = socket.socketpair()
+        theirs.sendall(sent)
+        theirs.close()
+        caplog.clear()
+        proc = warm.WarmProcess(ours, 4242, io.StringIO())
+        assert proc.wait(5) == expected
+        assert bool(caplog.records) == (sent == b""), caplog.text
+    assert "killed by a signal" in caplog.text
+    event = killed_event(4242, warm.KILLED)
+    assert event["data"]["message"].startswith("dbt (pid 4242) was killed by SIGKILL")
+    assert classify(Evidence(exception_classes=event["data"]["classes"],
+                             exception_message=event["data"]["message"])) is DbtRuntimeException
