@@ -462,6 +462,8 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], int]:
     """The request and the client's output pipe (its write end), read in the child, never the server."""
     size_fd = array.array("i", [0]).itemsize
     header, ancillary, _flags, _addr = conn.recvmsg(8, socket.CMSG_SPACE(size_fd))
+    if not header:
+        raise _Refused("the client closed the connection before sending a request (a probe?)")
     fds: list[int] = []
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
