@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.adapter_plugins.venv import _uv
+
 DBT_110 = ("dbt-core~=1.10.0", "dbt-duckdb~=1.10.0")
 CACHE_ENV = "DLH_TEST_VENV_CACHE"
 _DONE = ".dlh-complete"
@@ -44,7 +46,7 @@ def dbt_venv(requirements: tuple[str, ...] = DBT_110) -> Path:
         if (venv / _DONE).is_file() and (venv / "bin" / "python").resolve().is_file():
             return venv
         shutil.rmtree(venv, ignore_errors=True)  # a half-built one from an interrupted session
-        uv = [os.environ.get("PYTHON", "python3"), "-m", "uv"]
+        uv = _uv()  # the uv that runs us (`uv run` sets UV), not whatever python3 is on PATH
         steps = [[*uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
                  [*uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
                   *requirements]]

@@ -112,9 +112,11 @@ def test_the_password_stays_in_the_dbt_process(
             (dbt,) = [p for p in ours if parent_of(p) not in ours]
             dbt_start.assert_started(dbt)
             tree = descendants(dbt)
-            control = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", password],
-                                       env={"CONTROL": password})
+            control = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)",
+                                        password], env={"CONTROL": password}, stdout=subprocess.PIPE)
             try:
+                assert control.stdout is not None
+                control.stdout.readline()  # it runs: its environ and cmdline are its own now
                 in_environ = processes_holding(password, "environ")
                 in_cmdline = processes_holding(password, "cmdline")
             finally:

@@ -23,6 +23,7 @@ A watcher on another host sees all of it only when the runtime root is a shared 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -136,8 +137,17 @@ class ControlDir:
         touch(self.cancel_flag)
 
     def remove(self) -> None:
-        """Remove the control dir itself, never what a link in its place names."""
+        """Remove the control dir itself, never what a link in its place names.
+
+        A producer's newest launch takes its stream dir's ``current`` link along (and the stream dir,
+        once empty): watchers then see the run gone, and nothing of a killed run is left.
+        """
         remove_tree(self.path.parent, self.path)
+        current = self.path.parent / CURRENT_LINK
+        with contextlib.suppress(OSError):
+            if os.readlink(current) == self.path.name:
+                current.unlink()
+                self.path.parent.rmdir()
 
     def abandon(self) -> None:
         """Cancel a run whose task nobody will resume; returns at once (the supervisor cleans up).
