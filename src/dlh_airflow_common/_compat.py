@@ -37,7 +37,7 @@ MINIMUM_AIRFLOW = "3.1"
 
 __all__ = ["AIRFLOW_VERSION", "MINIMUM_AIRFLOW", "AirflowException", "AirflowNotFoundException",
            "AirflowRescheduleException", "AirflowSkipException", "AirflowVersionError", "airflow_at_least",
-           "conf", "require_airflow", "stats"]
+           "conf", "redact", "require_airflow", "stats"]
 
 
 class AirflowVersionError(AirflowFailException):
@@ -75,6 +75,17 @@ def require_airflow(version: str, *, feature: str) -> None:
         raise AirflowVersionError(
             f"{feature} needs Apache Airflow {version} or newer; this environment has Airflow {_installed}. "
             f"Upgrade Airflow to use it, or do without {feature}.")
+
+
+def redact(text: str) -> str:
+    """``text`` through Airflow's secrets masker (the values the task log masks)."""
+    import importlib
+
+    try:
+        masker = importlib.import_module("airflow.sdk.log").redact
+    except AttributeError:  # Airflow 3.1
+        masker = importlib.import_module("airflow.sdk.execution_time.secrets_masker").redact
+    return str(masker(text))
 
 
 def stats() -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -21,10 +22,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dlh_airflow_common.core.artifacts import FAILED
+from dlh_airflow_common.core.exceptions import DbtException
 from dlh_airflow_common.core.names import id_dir
 from dlh_airflow_common.core.retention import CURRENT_LINK
+from dlh_airflow_common.core.safefs import ensure_dir, secure_root
 
 NODE_RESULTS = "nodes.jsonl"
+# Written by a producer that failed before it launched dbt (a bad project, profile or deployment
+# setting): without it, its node tasks would wait for a launch that never comes.
+EARLY_FAILURE = "failed_before_launch.json"
 # Statuses that mean the node is done and fine; a warn test is fine but reported as a warning.
 GOOD = {"success", "pass", "warn"}
 
@@ -47,6 +53,45 @@ def current_launch(stream: Path) -> Path | None:
     if not name or "/" in name or name in {".", ".."}:
         return None  # not a link we made (ours name a sibling dir)
     return stream / name
+
+
+def mark_failed_before_launch(runtime_root: Path, stream: Path, message: str, *, final: bool) -> None:
+    """Tell the node tasks why the producer never launched (best effort: the failure is raised anyway).
+
+    ``final``: Airflow will not retry the producer, so the node tasks end now; else they wait for the
+    next try. ``message`` must already be redacted (the node tasks log it).
+    """
+    try:
+        ensure_dir(secure_root(runtime_root), stream)
+        fd, tmp = tempfile.mkstemp(dir=stream, prefix=".failed.")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"message": message, "final": final, "at": time.time()}, fh)
+        os.replace(tmp, stream / EARLY_FAILURE)
+    except (OSError, DbtException):
+        pass
+
+
+def clear_failed_before_launch(stream: Path) -> None:
+    """A new try of the producer starts: an earlier try's early failure no longer holds."""
+    try:
+        (stream / EARLY_FAILURE).unlink()
+    except OSError:
+        pass
+
+
+def failed_before_launch(stream: Path) -> dict[str, Any] | None:
+    """What :func:`mark_failed_before_launch` wrote, or None."""
+    try:
+        marker = json.loads((stream / EARLY_FAILURE).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def early_failure_message(producer_task_id: str, marker: dict[str, Any]) -> str:
+    """The node task's error when its producer failed before it launched dbt."""
+    return (f"The producer task {producer_task_id} failed before it started dbt, so no node was built: "
+            f"{marker.get('message') or '(no message)'}")
 
 
 def node_result(event: dict[str, Any], clean: Callable[[str], str] | None = None) -> dict[str, Any] | None:
@@ -154,6 +199,7 @@ class StreamState:
     # The control dir vanished after it was seen: a killed producer's supervisor removes it as it exits,
     # often before a watcher has read its last status.
     gone: bool = False
+    early_failure: dict[str, Any] | None = None  # the producer failed before launching dbt (final try)
 
     @property
     def cancelled(self) -> bool:
@@ -184,6 +230,11 @@ class ControlDirChannel:
         launch = current_launch(self.path)
         status = self._status(launch)
         changed = False
+        if launch is None:
+            marker = failed_before_launch(self.path)
+            early = marker if marker is not None and marker.get("final") else None
+            if early != state.early_failure:
+                state.early_failure, changed = early, True
         if status is None and state.seen and (launch is None or not launch.exists()):
             now = time.monotonic()
             self._missing_since = self._missing_since or now

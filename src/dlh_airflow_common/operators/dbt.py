@@ -284,6 +284,9 @@ class DbtOperator(BaseOperator):
         self._skip_unless_chosen()
         if self.stream_from and int(context["ti"].try_number or 1) == 1:
             streamed.watch_from_worker(self, context)  # defers, or reschedules until the producer runs
+        if self.stream_nodes:
+            with streamed.reporting_early_failure(self, context):
+                return self._run(context)
         return self._run(context)
 
     def _run(self, context: Context) -> dict[str, Any]:

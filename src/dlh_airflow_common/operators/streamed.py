@@ -8,6 +8,8 @@ once the producer has started, and the trigger resumes the task with the outcome
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,9 +19,17 @@ from dlh_airflow_common._compat import (
     AirflowRescheduleException,
     AirflowSkipException,
     airflow_at_least,
+    redact,
 )
 from dlh_airflow_common.core.exceptions import DbtRuntimeException
-from dlh_airflow_common.core.stream import current_launch, stream_dir
+from dlh_airflow_common.core.stream import (
+    clear_failed_before_launch,
+    current_launch,
+    early_failure_message,
+    failed_before_launch,
+    mark_failed_before_launch,
+    stream_dir,
+)
 from dlh_airflow_common.operators import settings
 
 if TYPE_CHECKING:
@@ -29,6 +39,10 @@ if TYPE_CHECKING:
 
 TRIGGER = "dlh_airflow_common.triggers.node.DbtNodeTrigger"
 START_FROM_TRIGGER_SINCE = "3.3"
+# Producer task states in which it will not (or no longer) launch dbt for this run.
+PRODUCER_DONE = {"success", "failed", "upstream_failed", "skipped", "removed"}
+# A node task on a worker gives up on a producer that neither launched nor ended in this long.
+START_TIMEOUT = timedelta(minutes=10)
 
 
 def producer_dir(root: Path, context: Context) -> Path:
@@ -64,14 +78,67 @@ def watch_from_worker(op: DbtOperator, context: Context) -> None:
         op.log.info("Airflow %d.%d cannot start tasks in the triggerer (needs %s): this node task "
                     "watches its producer from a worker slot, then defers",
                     *AIRFLOW_VERSION, START_FROM_TRIGGER_SINCE)
-    launch = current_launch(producer_dir(settings.runtime_root(op.runtime_root), context))
+    stream = producer_dir(settings.runtime_root(op.runtime_root), context)
+    launch = current_launch(stream)
     if launch is None or not (launch / "status.json").is_file():
+        _fail_if_producer_ended(op, context, stream)
         from airflow.sdk import timezone
 
         raise AirflowRescheduleException(timezone.utcnow() + timedelta(seconds=2))
     op.defer(trigger=DbtNodeTrigger(**_trigger_kwargs(op), end_task=False, dag_id=ti.dag_id,
                                     run_id=ti.run_id, try_number=int(ti.try_number or 1)),
              method_name="execute_complete")
+
+
+def _fail_if_producer_ended(op: DbtOperator, context: Context, stream: Path) -> None:
+    """Raise when the producer will never launch dbt for this run; a node task never waits forever."""
+    marker = failed_before_launch(stream)
+    producer = str(op.stream_from)
+    if marker is not None and marker.get("final"):
+        raise DbtRuntimeException(early_failure_message(producer, marker))
+    state = producer_state(op, context, producer)
+    if state in PRODUCER_DONE:
+        raise DbtRuntimeException(
+            f"The producer task {producer} ended {state} without a dbt run this task can see (no {stream}); "
+            f"see the log of task {producer}. If it succeeded, the runtime root is not shared between "
+            "its worker and this one: mount one volume for both")
+    first = context["ti"].get_first_reschedule_date(context)
+    if first is not None:
+        from airflow.sdk import timezone
+
+        if timezone.utcnow() - first > START_TIMEOUT:
+            raise DbtRuntimeException(
+                f"The producer task {producer} did not start dbt within {START_TIMEOUT} (state "
+                f"{state or 'unknown'}, no {stream}); check that task")
+
+
+def producer_state(op: DbtOperator, context: Context, producer: str) -> str | None:
+    """The producer task instance's state in this DAG run, as Airflow knows it (None if unknown)."""
+    ti = context["ti"]
+    try:
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[producer], run_ids=[ti.run_id])
+    except Exception as exc:  # an API hiccup: the stream and the reschedule bound still decide
+        op.log.warning("Could not read the state of task %s: %s", producer, exc)
+        return None
+    state = (states.get(ti.run_id) or {}).get(producer)
+    return str(state) if state is not None else None
+
+
+@contextmanager
+def reporting_early_failure(op: DbtOperator, context: Context) -> Iterator[None]:
+    """Around a producer's try: a failure before it launched dbt is written where its node tasks look."""
+    stream = producer_dir(settings.runtime_root(op.runtime_root), context)
+    clear_failed_before_launch(stream)
+    before = current_launch(stream)
+    try:
+        yield
+    except Exception as exc:
+        if current_launch(stream) == before:  # (a deferral is a BaseException: not caught)
+            ti = context["ti"]
+            final = int(ti.try_number or 1) > int(op.retries or 0)
+            mark_failed_before_launch(settings.runtime_root(op.runtime_root), stream,
+                                      redact(f"{type(exc).__name__}: {exc}"), final=final)
+        raise
 
 
 def outcome(event: dict[str, Any]) -> bool:

@@ -26,7 +26,14 @@ from airflow.triggers.base import (
     TriggerEvent,
 )
 
-from dlh_airflow_common.core.stream import GOOD, ControlDirChannel, StreamState, current_launch, stream_dir
+from dlh_airflow_common.core.stream import (
+    GOOD,
+    ControlDirChannel,
+    StreamState,
+    current_launch,
+    early_failure_message,
+    stream_dir,
+)
 from dlh_airflow_common.triggers.offloop import Line, run_off_loop, write_lines
 
 TERMINAL = {"success", "failed", "cancelled"}
@@ -178,6 +185,8 @@ class DbtNodeTrigger(BaseTrigger):
             return self._outcome(node, tests)
         if state.cancelled:
             return self._cancelled("before it built")
+        if state.early_failure is not None and not state.seen:
+            return self._end("failed", early_failure_message(self.producer_task_id, state.early_failure))
         if finished:
             return self._resume("run_itself", f"{self.unique_id} was not built by the producer run "
                                 "(not selected there): this task builds it itself")
