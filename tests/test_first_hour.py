@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,3 +56,84 @@ def test_airflow_dags_test_ends_when_the_producer_failed_before_launch(airflow_d
     out = proc.stdout + proc.stderr
     assert "The producer task dbt_producer failed before it started dbt" in out, out[-3000:]
     assert NOT_SHARED in out
+
+
+# -- 3. the first error is the one raised, naming the argument the user passed ---------------------
+def test_a_missing_project_dir_fails_the_task_with_the_clear_error(bag: Any,
+                                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    dr = bag.get_dag("first_hour_missing_project").test()
+    assert _states(dr) == {"dbt_build": "failed"}
+    out = "".join(capfd.readouterr())
+    assert "DbtProjectException: dbt project directory '/nonexistent/first_hour/dbt_project' does not exist" \
+        in out, out[-3000:]
+    assert "pass DbtOperator(dbt_project_dir=...) pointing at" in out
+    assert "FileNotFoundError" not in out  # reporting the failure never replaces it
+
+
+def test_a_missing_project_dir_in_a_hook_names_the_hooks_argument(tmp_path: Path) -> None:
+    from dlh_airflow_common.core.exceptions import DbtProjectException
+    from dlh_airflow_common.hooks.dbt import DbtHook
+
+    with pytest.raises(DbtProjectException, match=r"pass DbtHook\(dbt_project_dir=\.\.\.\) pointing at"):
+        DbtHook(tmp_path / "missing", conn_id="render_duck").run_dbt_task("build")
+
+
+@pytest.mark.parametrize("shape", ["single", "layers", "nodes"])
+def test_a_missing_project_dir_in_every_shape_names_dbt_project(tmp_path: Path, shape: str) -> None:
+    from dlh_airflow_common.core.exceptions import DbtProjectException
+    from dlh_airflow_common.rendering import DbtProject, dbt_dag
+
+    project = DbtProject(project_dir=str(tmp_path / "missing"), conn_id="render_duck", shape=shape,  # type: ignore[arg-type]
+                         layers={"all": "path:models"} if shape == "layers" else {})
+    with pytest.raises(DbtProjectException) as raised:
+        dbt_dag(f"first_hour_missing_{shape}", project, schedule=None)
+    assert str(raised.value) == (f"dbt project directory '{tmp_path / 'missing'}' does not exist or is not a "
+                                 "directory; pass DbtProject(project_dir=...) pointing at the folder that "
+                                 "holds dbt_project.yml")
+
+
+# -- 2. no silent no-op: a selection that matches nothing fails in every shape ----------------------
+def _nothing_message() -> str:
+    from dlh_airflow_common.core.selection import empty_selection_message
+
+    return empty_selection_message(Path(os.environ["DLH_RENDER_PROJECT_DIR"]).name, ["tag:no_such_tag"], [],
+                                   None)
+
+
+def test_an_empty_selection_fails_the_single_shape_unless_allowed(bag: Any,
+                                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    dr = bag.get_dag("first_hour_empty_single").test()
+    assert _states(dr)["dbt_build"] == "failed"
+    out = "".join(capfd.readouterr())
+    assert f"DbtEmptySelectionException: {_nothing_message()}" in out, out[-3000:]
+    dr = bag.get_dag("first_hour_empty_single_allowed").test()
+    assert _states(dr)["dbt_build"] == "success"
+
+
+@pytest.mark.parametrize("shape", ["layers", "nodes"])
+def test_an_empty_selection_fails_the_render_of_the_other_shapes_unless_allowed(airflow_db: None,
+                                                                                 shape: str) -> None:
+    from dlh_airflow_common.core.exceptions import DbtProjectException
+    from dlh_airflow_common.rendering import DbtProject, dbt_dag
+
+    def project(**kw: Any) -> DbtProject:
+        return DbtProject(project_dir=os.environ["DLH_RENDER_PROJECT_DIR"], conn_id="render_duck",
+                          shape=shape, select=["tag:no_such_tag"],  # type: ignore[arg-type]
+                          layers={"all": "path:models"} if shape == "layers" else {}, **kw)
+
+    with pytest.raises(DbtProjectException) as raised:
+        dbt_dag(f"first_hour_empty_{shape}", project(), schedule=None)
+    assert str(raised.value) == _nothing_message()
+    dag = dbt_dag(f"first_hour_empty_{shape}_allowed", project(allow_empty_selection=True), schedule=None)
+    assert all(t.task_id in {"dbt_deps", "all"} for t in dag.tasks), dag.task_ids
+
+
+def test_a_hook_run_whose_selection_matches_nothing_fails_unless_allowed(airflow_db: None) -> None:
+    from dlh_airflow_common.core.exceptions import DbtProjectException
+    from dlh_airflow_common.hooks.dbt import DbtHook
+
+    hook = DbtHook(os.environ["DLH_RENDER_PROJECT_DIR"], conn_id="render_duck")
+    with pytest.raises(DbtProjectException) as raised:
+        hook.run_dbt_task("run", select=["tag:no_such_tag"])
+    assert raised.value.message == _nothing_message()
+    assert hook.run_dbt_task("run", select=["tag:no_such_tag"], allow_empty_selection=True).success

@@ -94,6 +94,10 @@ class DbtProjectException(DbtException):
     """The dbt project itself cannot be used (missing directory, no dbt_project.yml)."""
 
 
+class DbtEmptySelectionException(DbtProjectException):
+    """The selection (select / exclude / selector) matches no node of the project (core.selection)."""
+
+
 class DbtRuntimeRootException(DbtException):
     """The runtime root, or something in it, is not this user's alone: refusing to use it."""
 

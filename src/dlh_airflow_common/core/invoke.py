@@ -29,6 +29,7 @@ from dlh_airflow_common.core.exceptions import (
     DbtCancelledException,
     DbtConnectionException,
     DbtDuckDBLockedException,
+    DbtEmptySelectionException,
     DbtProfileException,
     DbtTimeoutException,
 )
@@ -44,6 +45,7 @@ from dlh_airflow_common.core.profiles import ProfilesDir
 from dlh_airflow_common.core.runners import DbtCall, Runner, RunnerResult, SubprocessRunner
 from dlh_airflow_common.core.runtime import DbtRuntime, RunIdentity, validate_project_dir
 from dlh_airflow_common.core.safefs import open_state_file
+from dlh_airflow_common.core.selection import empty_selection_message, has_selection, ran_nothing
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class DbtCommand:
     vars: Mapping[str, Any] | str | None = None
     full_refresh: bool = False
     extra_args: Sequence[str] = ()
+    allow_empty_selection: bool = False  # else a selection that runs no node fails (core.selection)
 
     @property
     def words(self) -> list[str]:
@@ -296,6 +299,16 @@ class DbtInvoker:
                              runtime_root=runtime.root, wait=self.duckdb_lock_wait,
                              say=self._say, cancelled=self._cancelled)
 
+    def _check_selection(self, command: DbtCommand, run_results: dict[str, Any], nothing_to_do: bool,
+                         shown: str, summary: RunSummary) -> None:
+        """A selection that ran no node fails the command unless the caller allowed it."""
+        chosen = has_selection(command.select, command.exclude, command.selector)
+        if chosen and not command.allow_empty_selection and ran_nothing(command.words, run_results,
+                                                                        nothing_to_do):
+            raise DbtEmptySelectionException(
+                empty_selection_message(self.project_dir.name, command.select, command.exclude,
+                                        command.selector), command=shown, return_code=0, summary=summary)
+
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         reason = (getattr(exc, "message", None) or str(exc)).splitlines()[0] if exc else "unknown"
@@ -314,9 +327,12 @@ class DbtInvoker:
                                    rewrite=runtime.user_paths if runtime is not None else None)
         self._say(f"Running {shown} (attempt {attempt})")
         sink = self.event_sink
+        nothing_to_do: list[bool] = []
 
         def on_event(event: dict[str, Any]) -> None:
             collector.feed(event)
+            if (event.get("info") or {}).get("name") == "NothingToDo":
+                nothing_to_do.append(True)
             if sink is not None:
                 sink(event)
 
@@ -337,6 +353,7 @@ class DbtInvoker:
             attempts=attempt,
         )
         if result.success:
+            self._check_selection(command, run_results, bool(nothing_to_do), shown, summary)
             return result
         clean = collector.clean
         target_removed = not self.keep_target_artifacts and self.target_path is None

@@ -76,17 +76,20 @@ class RunIdentity:
         return f"run_{stamp}_{suffix}"
 
 
-def validate_project_dir(project_dir: str | os.PathLike[str]) -> Path:
-    """Resolve the project dir or say precisely why it cannot be used."""
+def validate_project_dir(project_dir: str | os.PathLike[str], argument: str = "dbt_project_dir") -> Path:
+    """Resolve the project dir or say precisely why it cannot be used.
+
+    ``argument`` is how the API the user called names it (``DbtProject(project_dir=...)``, ...).
+    """
     path = Path(project_dir).expanduser()
     if not path.is_dir():
         raise DbtProjectException(
             f"dbt project directory {str(path)!r} does not exist or is not a directory; "
-            "pass dbt_project_dir pointing at the folder that holds dbt_project.yml"
+            f"pass {argument} pointing at the folder that holds dbt_project.yml"
         )
     if not (path / "dbt_project.yml").is_file():
         raise DbtProjectException(
-            f"{str(path)!r} has no dbt_project.yml; pass the dbt project's root folder as dbt_project_dir"
+            f"{str(path)!r} has no dbt_project.yml; pass the dbt project's root folder as {argument}"
         )
     return path.resolve()
 

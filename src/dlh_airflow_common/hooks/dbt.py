@@ -19,7 +19,7 @@ from dlh_airflow_common.core.invoke import ArtifactsCallback, DbtCommand, DbtInv
 from dlh_airflow_common.core.profile_setup import ProfileConfig, ResolvedProfile, resolve_profile
 from dlh_airflow_common.core.profiles import ConnectionInfo
 from dlh_airflow_common.core.runners import InProcessRunner, Runner, SubprocessRunner
-from dlh_airflow_common.core.runtime import RunIdentity
+from dlh_airflow_common.core.runtime import RunIdentity, validate_project_dir
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ class DbtHook(BaseHook):
     """Run dbt Core commands for one project with a profile built from an Airflow connection."""
 
     hook_name = "dbt Core"
+    # How errors name the project dir: the argument of the API the user called (DbtOperator sets its own).
+    project_argument = "DbtHook(dbt_project_dir=...)"
 
     def __init__(
         self,
@@ -123,7 +125,11 @@ class DbtHook(BaseHook):
 
     def resolve_profile(self) -> ResolvedProfile:
         """The rendered profile and its secret environment, as a dbt process of this hook gets them."""
-        return resolve_profile(self.profile_config(), self.dbt_project_dir, self.env_vars)
+        return resolve_profile(self.profile_config(), self.project_path(), self.env_vars)
+
+    def project_path(self) -> Path:
+        """The project dir, checked: a missing one is a DbtProjectException naming the argument."""
+        return validate_project_dir(self.dbt_project_dir, self.project_argument)
 
     def _runner(self) -> Runner:
         if self.in_process:
@@ -141,10 +147,15 @@ class DbtHook(BaseHook):
         vars: Mapping[str, Any] | str | None = None,
         full_refresh: bool = False,
         extra_args: Sequence[str] = (),
+        allow_empty_selection: bool = False,
     ) -> DbtTaskResult:
-        """Run one dbt command; raises a classified DbtException when it fails."""
+        """Run one dbt command; raises a classified DbtException when it fails.
+
+        A build/run/test/seed/snapshot whose selection runs no node fails (DbtEmptySelectionException)
+        unless ``allow_empty_selection``.
+        """
         self._invoker = DbtInvoker(
-            self.dbt_project_dir,
+            self.project_path(),
             self.profile_config(),
             runner=self._runner(),
             runtime_root=self.runtime_root,
@@ -163,7 +174,8 @@ class DbtHook(BaseHook):
         )
         try:
             self.last_result = self._invoker.invoke(
-                DbtCommand(command, select, exclude, selector, vars, full_refresh, tuple(extra_args))
+                DbtCommand(command, select, exclude, selector, vars, full_refresh, tuple(extra_args),
+                           allow_empty_selection)
             )
             return self.last_result
         finally:

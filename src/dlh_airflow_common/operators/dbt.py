@@ -79,6 +79,7 @@ class DbtOperator(BaseOperator):
     selector: str | None = None
     vars: Mapping[str, Any] | str | None = None
     full_refresh: bool = False
+    allow_empty_selection: bool = False
     schema_override: str | None = None
     keep_target_artifacts: bool = False
     check_interval: float = 10.0
@@ -134,6 +135,7 @@ class DbtOperator(BaseOperator):
         selector: str | None = None,
         vars: Mapping[str, Any] | str | None = None,
         full_refresh: bool = False,
+        allow_empty_selection: bool = False,
         env_vars: Mapping[str, str] | None = None,
         schema_override: str | None = None,
         keep_target_artifacts: bool = False,
@@ -183,6 +185,8 @@ class DbtOperator(BaseOperator):
             "profiles_dir": profiles_dir, "target": target, "profile_name": profile_name,
             "venv_path": venv_path, "dbt_executable": dbt_executable, "select": select or dbt_models,
             "exclude": exclude, "selector": selector, "vars": vars, "full_refresh": full_refresh,
+            # A build/run/test/seed/snapshot whose selection matches nothing fails unless this is set.
+            "allow_empty_selection": allow_empty_selection,
             "env_vars": dict(env_vars or {}), "schema_override": schema_override,
             "keep_target_artifacts": keep_target_artifacts,
             "deferrable": settings.default_deferrable() if deferrable is None else deferrable,
@@ -250,7 +254,7 @@ class DbtOperator(BaseOperator):
         fresh = not plan.resumed
         return DbtCommand(plan.command, self.select if fresh else None, self.exclude if fresh else None,
                           self.selector if fresh else None, self.vars, self.full_refresh,
-                          tuple(plan.extra_args))
+                          tuple(plan.extra_args), self.allow_empty_selection)
 
     def _make_hook(self, context: Context, capture: Path | None = None) -> DbtHook:
         """The task's one hook: it looks the connection up once for the run, deferral and lineage."""
@@ -259,7 +263,7 @@ class DbtOperator(BaseOperator):
                 copy_artifacts(target, capture)
 
         ti = context["ti"]
-        return DbtHook(
+        hook = DbtHook(
             settings.project_dir(self.task_id, self.dbt_project_dir), conn_id=self.conn_id,
             profiles_dir=self.profiles_dir, target=self.target, profile_name=self.profile_name,
             venv_path=self.venv_path, dbt_executable=self.dbt_executable, env_vars=self.env_vars,
@@ -270,6 +274,8 @@ class DbtOperator(BaseOperator):
             in_process=self.in_process, cancel_grace=self.cancel_grace, timeout=self.timeout,
             progress=self.log.info, artifacts_callback=keep,
         )
+        hook.project_argument = "DbtOperator(dbt_project_dir=...)"
+        return hook
 
     def _reporter(self, context: Context, hook: DbtHook) -> Reporter:
         output = hook.resolve_profile().output(hook.dbt_project_dir) if self.conn_id else {}
@@ -277,6 +283,17 @@ class DbtOperator(BaseOperator):
                         self.artifacts_destination if self.upload_artifacts else None,
                         self.artifacts_conn_id, output,
                         (self.docs_location, self.docs_conn_id) if self.publish_docs else None)
+
+    def _report_failure(self, context: Context, exc: DbtException, artifacts: Path, seconds: float,
+                        hook: DbtHook | None = None) -> Any:
+        """Report a failed try; an error while reporting is logged, never raised in place of ``exc``."""
+        try:
+            reporter = self._reporter(context, hook or self._make_hook(context))
+            return reporter.failure(exc, artifacts, seconds, self.command, self.retry_from_failure)
+        except Exception as secondary:
+            self.log.warning("Could not report this failure (metrics, artifacts, lineage, retry state): "
+                             "%s: %s", type(secondary).__name__, secondary)
+            return None
 
     # -- execution -----------------------------------------------------------------------------
     @raised_to_airflow()
@@ -302,10 +319,9 @@ class DbtOperator(BaseOperator):
             try:
                 result = hook.run_dbt_task(command.command, command.select, command.exclude,
                                            command.selector, command.vars, command.full_refresh,
-                                           command.extra_args)
+                                           command.extra_args, command.allow_empty_selection)
             except DbtException as exc:
-                self._lineage = self._reporter(context, hook).failure(
-                    exc, capture, time.time() - started, self.command, self.retry_from_failure)
+                self._lineage = self._report_failure(context, exc, capture, time.time() - started, hook)
                 raise
             out = result.to_dict()
             self._lineage = self._reporter(context, hook).success(out, capture, time.time() - started)
@@ -378,13 +394,12 @@ class DbtOperator(BaseOperator):
         ctl = ControlDir(Path(event["control_dir"]))
         seconds = time.time() - float(event.get("started_at") or time.time())
         try:
-            reporter = self._reporter(context, self._make_hook(context))
             if event.get("status") == "success":
+                reporter = self._reporter(context, self._make_hook(context))
                 self._lineage = reporter.success(event["result"], ctl.artifacts, seconds)
                 return dict(event["result"])
             exc = exception_from_event(event, self.command, self.timeout)
-            self._lineage = reporter.failure(exc, ctl.artifacts, seconds, self.command,
-                                             self.retry_from_failure)
+            self._lineage = self._report_failure(context, exc, ctl.artifacts, seconds)
             raise exc
         finally:
             if not self.stream_nodes:  # a producer's dir outlives it: late node tasks still read it

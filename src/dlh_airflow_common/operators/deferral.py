@@ -50,7 +50,8 @@ class DetachedRun:
         spec = DetachedSpec(
             project_dir=self.project_dir, runtime_root=str(self.runtime_root),
             command={"command": c.command, "select": c.select, "exclude": c.exclude, "selector": c.selector,
-                     "vars": c.vars, "full_refresh": c.full_refresh, "extra_args": list(c.extra_args)},
+                     "vars": c.vars, "full_refresh": c.full_refresh, "extra_args": list(c.extra_args),
+                     "allow_empty_selection": c.allow_empty_selection},
             identity={"dag_id": ident.dag_id, "task_id": ident.task_id, "try_number": ident.try_number},
             profile_name=profile.profile_name, target_name=profile.target_name,
             profile_document=profile.rendered.document if profile.rendered else None,

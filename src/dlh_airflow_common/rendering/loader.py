@@ -26,6 +26,7 @@ from typing import Any
 
 from dlh_airflow_common.core.exceptions import DbtProjectException
 from dlh_airflow_common.core.runtime import ProjectCache, default_runtime_root, validate_project_dir
+from dlh_airflow_common.core.selection import empty_selection_message
 from dlh_airflow_common.rendering.graph import DbtGraph, DbtGraphError, build_graph
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class GraphSource:
     venv_path: str | None = None
     dbt_executable: str | None = None
     env_vars: Mapping[str, str] = field(default_factory=dict)
+    allow_empty_selection: bool = False
 
     @property
     def selects_anything(self) -> bool:
@@ -208,11 +210,9 @@ def _ask_dbt(source: GraphSource, project: Path,
             hook.run_dbt_task("deps")
         selected = hook.list_nodes(list(source.select) or None, list(source.exclude) or None,
                                    source.selector, source.vars)
-        if not selected:
-            raise DbtGraphError(
-                f"The selection matches nothing in {project.name} (select={list(source.select)}, "
-                f"exclude={list(source.exclude)}, selector={source.selector}); check the selector with "
-                "`dbt ls` and fix it")
+        if not selected and not source.allow_empty_selection:
+            raise DbtGraphError(empty_selection_message(project.name, source.select, source.exclude,
+                                                        source.selector))
         layers: dict[str, list[str]] = {}
         for name, layer_select in source.layers.items():
             layers[name] = hook.list_nodes([layer_select], None, None, source.vars)

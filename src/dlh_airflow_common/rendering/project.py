@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from airflow.sdk import DAG, BaseOperator, TaskGroup
 
+from dlh_airflow_common.core.runtime import validate_project_dir
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.operators.settings import default_deferrable
 from dlh_airflow_common.rendering.graph import build_layers
@@ -32,6 +33,7 @@ from dlh_airflow_common.rendering.tasks import (
     wire,
 )
 
+PROJECT_ARGUMENT = "DbtProject(project_dir=...)"
 Shape = Literal["single", "layers", "nodes"]
 SHAPES = ("single", "layers", "nodes")
 _DUCKDB_NOTE = ("DuckDB allows one writing process per database file, so this DAG runs one dbt task at a "
@@ -40,7 +42,8 @@ _DUCKDB_NOTE = ("DuckDB allows one writing process per database file, so this DA
 # DbtOperator arguments the project sets itself; operator_args must not repeat them.
 _OWN_ARGS = {"command", "dbt_command", "select", "dbt_models", "exclude", "selector", "dbt_project_dir",
              "conn_id", "profiles_dir", "target", "profile_name", "vars", "runtime_root", "venv_path",
-             "dbt_executable", "env_vars", "task_id", "extra_args", "only_nodes", "dbt_unique_id"}
+             "dbt_executable", "env_vars", "task_id", "extra_args", "only_nodes", "dbt_unique_id",
+             "allow_empty_selection"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class DbtProject:
     select: Sequence[str] = ()
     exclude: Sequence[str] = ()
     selector: str | None = None
+    allow_empty_selection: bool = False  # else a selection that matches nothing fails (render or run)
     vars: Mapping[str, Any] | None = None
     layers: Mapping[str, str] = field(default_factory=dict)  # shape="layers": name -> dbt selector
     manifest_path: str | None = None  # a manifest built in CI (recommended); else `dbt ls` at render
@@ -87,7 +91,12 @@ class DbtProject:
         if not self.conn_id and not self.profiles_dir:
             raise ValueError("DbtProject needs conn_id (an Airflow connection) or profiles_dir")
 
+    def checked_dir(self) -> Path:
+        """The project dir, or the error every shape raises for a missing one (at render, not at run)."""
+        return validate_project_dir(self.project_dir, PROJECT_ARGUMENT)
+
     def source(self) -> GraphSource:
+        self.checked_dir()
         return GraphSource(
             project_dir=self.project_dir, conn_id=self.conn_id, profiles_dir=self.profiles_dir,
             target=self.target, profile_name=self.profile_name, select=tuple(self.select),
@@ -95,7 +104,8 @@ class DbtProject:
             manifest_path=self.manifest_path, runtime_root=self.runtime_root,
             source_freshness=self.source_freshness,
             layers=dict(self.layers) if self.shape == "layers" else {},
-            venv_path=self.venv_path, dbt_executable=self.dbt_executable, env_vars=dict(self.env_vars))
+            venv_path=self.venv_path, dbt_executable=self.dbt_executable, env_vars=dict(self.env_vars),
+            allow_empty_selection=self.allow_empty_selection)
 
     def common_args(self) -> dict[str, Any]:
         """The DbtOperator arguments every task of the project gets."""
@@ -105,7 +115,8 @@ class DbtProject:
                "profiles_dir": self.profiles_dir, "target": self.target, "profile_name": self.profile_name,
                "vars": dict(self.vars) if self.vars else None, "runtime_root": self.runtime_root,
                "venv_path": self.venv_path, "dbt_executable": self.dbt_executable,
-               "env_vars": dict(self.env_vars) or None}
+               "env_vars": dict(self.env_vars) or None,
+               "allow_empty_selection": self.allow_empty_selection or None}
         # Unset ones are left to the operator's defaults: each task keeps its init arguments.
         return {**chosen, **{k: v for k, v in own.items() if v is not None}, **self.operator_args}
 
@@ -135,6 +146,7 @@ def dbt_dag(dag_id: str, project: DbtProject, **dag_kwargs: Any) -> DAG:
 
 
 def _render(project: DbtProject, *, serialised: bool, loaded: LoadedGraph | None = None) -> None:
+    project.checked_dir()
     args = project.common_args()
     # Resolved once, not by each of thousands of tasks: a config lookup per task is a sixth of a render.
     args.setdefault("deferrable", default_deferrable())
