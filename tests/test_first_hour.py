@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_in_mount_namespace
 
 DAG_FILE = REPO / "tests" / "dags" / "first_hour_dags.py"
 NOT_SHARED = "needs the runtime root"  # the producer's error when the shared root is not declared
@@ -137,3 +139,81 @@ def test_a_hook_run_whose_selection_matches_nothing_fails_unless_allowed(airflow
         hook.run_dbt_task("run", select=["tag:no_such_tag"])
     assert raised.value.message == _nothing_message()
     assert hook.run_dbt_task("run", select=["tag:no_such_tag"], allow_empty_selection=True).success
+
+
+# -- 4. data lands where the user meant: a relative DuckDB path is a file in the project dir ---------
+def _mini_project(root: Path, path: str = "mini.duckdb") -> Path:
+    """A one-model project with its own profiles.yml whose DuckDB path is relative."""
+    project = root / "mini"
+    (project / "models").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text("name: mini\nversion: '1.0'\nprofile: mini\n")
+    (project / "models" / "m.sql").write_text("select 1 as id\n")
+    (project / "profiles.yml").write_text(
+        f"mini:\n  target: dev\n  outputs:\n    dev:\n      type: duckdb\n      path: {path}\n      threads: 1\n")
+    return project
+
+
+def test_a_relative_duckdb_path_is_a_file_in_the_project_dir_and_the_lock_guards_it(tmp_path: Path) -> None:
+    import duckdb
+
+    from dlh_airflow_common.core import DbtCommand, DbtInvoker, ProfileConfig
+
+    project = _mini_project(tmp_path)
+    profiles = (project / "profiles.yml").read_text()
+    said: list[str] = []
+    runtime = tmp_path / "runtime"
+    DbtInvoker(project, ProfileConfig(profiles_dir=str(project)), runtime_root=runtime,
+               progress=said.append).invoke(DbtCommand("build"))
+    db = project / "mini.duckdb"
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("select id from main.m").fetchall() == [(1,)]  # the file dbt wrote
+    assert (project / "mini.duckdb.dlh-lock").is_file()  # the lock guarded that same file
+    assert f"DuckDB file: {db}" in said
+    assert not list(runtime.rglob("*.duckdb")), "data went under the runtime root"
+    assert (project / "profiles.yml").read_text() == profiles  # the user's file is never rewritten
+
+
+def test_a_relative_duckdb_path_from_a_connection_is_a_file_in_the_project_dir(tmp_path: Path) -> None:
+    import duckdb
+
+    from dlh_airflow_common.core import ConnectionInfo, DbtCommand, DbtInvoker, ProfileConfig
+
+    project = _mini_project(tmp_path)
+    conn = ConnectionInfo("duck", "duckdb", host="data.duckdb")
+    DbtInvoker(project, ProfileConfig(connection=conn), runtime_root=tmp_path / "runtime").invoke(
+        DbtCommand("run"))
+    with duckdb.connect(str(project / "data.duckdb"), read_only=True) as con:
+        assert con.execute("select id from main.m").fetchall() == [(1,)]
+
+
+READONLY_SCRIPT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    from pathlib import Path
+    src, mnt, root, report = map(Path, sys.argv[1:5])
+    subprocess.run(["mount", "-o", "bind,ro", str(src), str(mnt)], check=True)
+    out = {"writable": os.access(mnt, os.W_OK)}  # False on a read-only mount, even for root
+    from dlh_airflow_common.core import DbtCommand, DbtInvoker, ProfileConfig
+    for cmd in ["run", "ls"]:
+        inv = DbtInvoker(mnt, ProfileConfig(profiles_dir=str(mnt)), runtime_root=root)
+        try:
+            out[cmd] = {"ok": inv.invoke(DbtCommand(cmd)).success}
+        except Exception as exc:
+            out[cmd] = {"ok": False, "type": type(exc).__name__, "error": str(exc)}
+    report.write_text(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def test_a_relative_duckdb_path_in_a_read_only_project_is_refused_with_the_fix(tmp_path: Path) -> None:
+    project = _mini_project(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    out = run_in_mount_namespace(READONLY_SCRIPT, tmp_path, project, mnt, tmp_path / "runtime")
+    assert out["writable"] is False, "the mount is not read-only: the test would prove nothing"
+    assert out["run"]["type"] == "DbtProfileException", out
+    assert (f"The DuckDB path 'mini.duckdb' is relative, so it means {mnt / 'mini.duckdb'} (in the dbt "
+            f"project dir, as when dbt runs there), but {mnt} is read-only. Set the target's path to an "
+            "absolute path") in out["run"]["error"], out
+    assert out["ls"]["ok"], out  # commands that open no database still run

@@ -75,12 +75,26 @@ def render_path(raw: str, env: Mapping[str, str]) -> tuple[str | None, str]:
     return path, ""
 
 
+def file_path(path: str, project_dir: Path | None) -> Path | None:
+    """The database file a rendered DuckDB ``path`` names, or None (in-memory, or a service).
+
+    A relative path is taken from ``project_dir``, as by dbt run in the project dir (see
+    ``core.duckdb_path``); None leaves it to this process's working dir.
+    """
+    if path in _NOT_FILES or path.startswith(":memory:") or ":" in path.split("/", 1)[0]:
+        return None  # in-memory, or a service such as md:/motherduck:
+    file = Path(path).expanduser()
+    if project_dir is not None and not file.is_absolute():
+        file = project_dir / file
+    return file.resolve()
+
+
 def duckdb_file(output: Mapping[str, Any], words: Sequence[str], env: Mapping[str, str] | None = None,
-                say: Callable[[str], None] | None = None) -> Path | None:
+                say: Callable[[str], None] | None = None, project_dir: Path | None = None) -> Path | None:
     """The DuckDB file a dbt command writes, or None (another adapter, in-memory, no DB opened).
 
     ``env`` renders ``env_var()`` in the path; a path that cannot be rendered takes no lock, which
-    ``say`` reports with the reason.
+    ``say`` reports with the reason. A relative path is the file in ``project_dir``.
     """
     if output.get("type") != "duckdb" or not words or words[0] in COMMANDS_WITHOUT_DB:
         return None
@@ -91,9 +105,7 @@ def duckdb_file(output: Mapping[str, Any], words: Sequence[str], env: Mapping[st
             say(f"No DuckDB file lock taken for path {raw!r}: {why}; tasks writing the same file at "
                 "once may fail with DuckDB's lock conflict")
         return None
-    if path in _NOT_FILES or path.startswith(":memory:") or ":" in path.split("/", 1)[0]:
-        return None  # in-memory, or a service such as md:/motherduck:
-    return Path(path).expanduser().resolve()
+    return file_path(path, project_dir)
 
 
 def _lock_path(db: Path, runtime_root: Path) -> Path:

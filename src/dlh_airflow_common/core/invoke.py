@@ -24,6 +24,7 @@ from dlh_airflow_common.core.artifacts import (
 )
 from dlh_airflow_common.core.classify import Evidence, classify, is_transient
 from dlh_airflow_common.core.duckdb_lock import default_wait, duckdb_file, duckdb_writer
+from dlh_airflow_common.core.duckdb_path import anchor_duckdb_path
 from dlh_airflow_common.core.events import EventCollector, redact
 from dlh_airflow_common.core.exceptions import (
     DbtCancelledException,
@@ -175,6 +176,7 @@ class DbtInvoker:
     def invoke(self, command: DbtCommand) -> DbtTaskResult:
         """Run ``command``; raise a classified :class:`DbtException` unless it succeeded."""
         setup = resolve_profile(self.profile, self.project_dir, self.env_vars)
+        setup = anchor_duckdb_path(setup, self.project_dir, command.words, self._dbt_env(setup))
         secrets = setup.secrets
         self._cancelled.clear()
         self._duckdb_file = self._duckdb_target(setup, command)
@@ -290,8 +292,14 @@ class DbtInvoker:
         except DbtProfileException as exc:  # dbt will say it again, in its own words
             self._say(f"No DuckDB file lock taken: {exc.message}")
             return None
-        env = {**os.environ, **self.env_vars, **setup.secret_env}  # what dbt's env_var() sees
-        return duckdb_file(output, command.words, env, self._say)
+        found = duckdb_file(output, command.words, self._dbt_env(setup), self._say, self.project_dir)
+        if found is not None:
+            self._say(f"DuckDB file: {found}")
+        return found
+
+    def _dbt_env(self, setup: ResolvedProfile) -> dict[str, str]:
+        """What dbt's env_var() sees."""
+        return {**os.environ, **self.env_vars, **setup.secret_env}
 
     def _duckdb_writer(self, runtime: DbtRuntime) -> contextlib.AbstractContextManager[None]:
         """Wait for, then hold, the DuckDB file this command writes (a no-op for other warehouses)."""
