@@ -60,6 +60,29 @@ def test_airflow_dags_test_ends_when_the_producer_failed_before_launch(airflow_d
     assert NOT_SHARED in out
 
 
+
+def test_a_node_trigger_ends_at_once_when_its_producer_failed_before_launch(tmp_path: Path) -> None:
+    """Where node tasks are born in the triggerer (Airflow >= 3.3, a real scheduler)."""
+    import asyncio
+
+    from dlh_airflow_common.core.stream import mark_failed_before_launch, stream_dir
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+
+    mark_failed_before_launch(tmp_path, stream_dir(tmp_path, "d", "r"), "DbtException: no runtime root",
+                              final=True)
+    trigger = DbtNodeTrigger("model.x.a", str(tmp_path), end_task=False, dag_id="d", run_id="r",
+                             try_number=1, poll_interval=0.05)
+
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("no event")
+
+    event = asyncio.run(asyncio.wait_for(first(), 10))
+    assert event["outcome"] == "failed"
+    assert event["message"] == ("The producer task dbt_producer failed before it started dbt, so no node "
+                                "was built: DbtException: no runtime root")
+
 # -- 3. the first error is the one raised, naming the argument the user passed ---------------------
 def test_a_missing_project_dir_fails_the_task_with_the_clear_error(bag: Any,
                                                                     capfd: pytest.CaptureFixture[str]) -> None:
