@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,7 +102,7 @@ def _fail_if_producer_ended(op: DbtOperator, context: Context, stream: Path) -> 
             f"The producer task {producer} ended {state} without a dbt run this task can see (no {stream}); "
             f"see the log of task {producer}. If it succeeded, the runtime root is not shared between "
             "its worker and this one: mount one volume for both")
-    first = context["ti"].get_first_reschedule_date(context)
+    first = _first_reschedule(context)
     if first is not None:
         from airflow.sdk import timezone
 
@@ -110,6 +110,14 @@ def _fail_if_producer_ended(op: DbtOperator, context: Context, stream: Path) -> 
             raise DbtRuntimeException(
                 f"The producer task {producer} did not start dbt within {START_TIMEOUT} (state "
                 f"{state or 'unknown'}, no {stream}); check that task")
+
+
+def _first_reschedule(context: Context) -> datetime | None:
+    """When this try first rescheduled (the start of its wait), if Airflow can tell."""
+    try:
+        return context["ti"].get_first_reschedule_date(context)
+    except Exception:  # an API hiccup: the next reschedule asks again
+        return None
 
 
 def producer_state(op: DbtOperator, context: Context, producer: str) -> str | None:
