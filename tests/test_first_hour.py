@@ -89,10 +89,10 @@ def test_a_missing_project_dir_fails_the_task_with_the_clear_error(bag: Any,
     dr = bag.get_dag("first_hour_missing_project").test()
     assert _states(dr) == {"dbt_build": "failed"}
     out = "".join(capfd.readouterr())
+    assert "FileNotFoundError" not in out, out[-3000:]  # reporting the failure never replaces it
     assert "DbtProjectException: dbt project directory '/nonexistent/first_hour/dbt_project' does not exist" \
         in out, out[-3000:]
     assert "pass DbtOperator(dbt_project_dir=...) pointing at" in out
-    assert "FileNotFoundError" not in out  # reporting the failure never replaces it
 
 
 def test_a_missing_project_dir_in_a_hook_names_the_hooks_argument(tmp_path: Path) -> None:
