@@ -39,18 +39,21 @@ def anchor_duckdb_path(setup: ResolvedProfile, project_dir: Path, words: Sequenc
     if file is None:
         return setup
     if words and words[0] not in COMMANDS_WITHOUT_DB:
-        _check_writable(raw, file, project_dir)
+        _check_writable(raw, file)
     return _with_path(setup, project_dir, str(file))
 
 
-def _check_writable(raw: str, file: Path, project_dir: Path) -> None:
-    unwritable = file if file.exists() and not os.access(file, os.W_OK) else (
-        None if os.access(file.parent, os.W_OK) else file.parent)
-    if unwritable is not None:
-        raise DbtProfileException(
-            f"The DuckDB path {raw!r} is relative, so it means {file} (in the dbt project dir, as when dbt "
-            f"runs there), but {unwritable} is read-only. Set the target's path to an absolute path of a "
-            "writable file (in profiles.yml, or the connection's host or extra 'path')")
+def _check_writable(raw: str, file: Path) -> None:
+    if not file.parent.is_dir():
+        problem = f"{file.parent} does not exist"
+    elif not os.access(file.parent, os.W_OK) or (file.exists() and not os.access(file, os.W_OK)):
+        problem = f"{file if file.exists() and not os.access(file, os.W_OK) else file.parent} is read-only"
+    else:
+        return
+    raise DbtProfileException(
+        f"The DuckDB path {raw!r} is relative, so it means {file} (in the dbt project dir, as when dbt "
+        f"runs there), but {problem}. Set the target's path to an absolute path of a writable file (in "
+        "profiles.yml, or the connection's host or extra 'path')")
 
 
 def _with_path(setup: ResolvedProfile, project_dir: Path, path: str) -> ResolvedProfile:
