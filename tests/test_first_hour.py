@@ -49,6 +49,16 @@ def test_node_tasks_end_within_seconds_of_a_producer_that_failed_before_launch(
     assert NOT_SHARED in out
 
 
+@pytest.mark.timeout(180)
+def test_node_tasks_end_when_airflow_says_their_producer_never_ran(bag: Any,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    dr = bag.get_dag("first_hour_producer_never_runs").test()
+    states = _states(dr)
+    assert states.pop("extract_fails") == "failed" and states.pop("dbt_producer") == "upstream_failed"
+    assert set(states.values()) == {"failed"}, states
+    out = "".join(capfd.readouterr())
+    assert "The producer task dbt_producer ended upstream_failed without a dbt run" in out, out[-3000:]
+
 @pytest.mark.timeout(240)
 def test_airflow_dags_test_ends_when_the_producer_failed_before_launch(airflow_db: None) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DLH_DBT_SHARED_RUNTIME_ROOT"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.rendering import DbtProject, dbt_dag
@@ -31,3 +31,14 @@ empty_single_dag = dbt_dag("first_hour_empty_single", DbtProject(
 empty_single_allowed_dag = dbt_dag("first_hour_empty_single_allowed", DbtProject(
     project_dir=PROJECT, conn_id="render_duck", shape="single", select=NOTHING, allow_empty_selection=True),
     **WHEN)
+
+# The producer never runs (its upstream fails), so it leaves no word in its stream dir: the node tasks
+# learn from Airflow that it ended.
+producer_never_runs_dag = dbt_dag("first_hour_producer_never_runs", DbtProject(
+    project_dir=PROJECT, conn_id="render_duck", execution="streamed"), **WHEN)
+with producer_never_runs_dag:
+    @task
+    def extract_fails() -> None:
+        raise RuntimeError("the extract failed")
+
+    extract_fails() >> producer_never_runs_dag.task_dict["dbt_producer"]
