@@ -142,11 +142,19 @@ def reporting_early_failure(op: DbtOperator, context: Context) -> Iterator[None]
         yield
     except Exception as exc:
         if current_launch(stream) == before:  # (a deferral is a BaseException: not caught)
-            ti = context["ti"]
-            final = int(ti.try_number or 1) > int(op.retries or 0)
-            mark_failed_before_launch(settings.runtime_root(op.runtime_root), stream,
-                                      redact(f"{type(exc).__name__}: {exc}"), final=final)
+            _leave_word(op, context, stream, exc)
         raise
+
+
+def _leave_word(op: DbtOperator, context: Context, stream: Path, exc: Exception) -> None:
+    """Write the producer's early failure for its node tasks; never raise in place of ``exc``."""
+    try:
+        final = int(context["ti"].try_number or 1) > int(op.retries or 0)
+        mark_failed_before_launch(settings.runtime_root(op.runtime_root), stream,
+                                  redact(f"{type(exc).__name__}: {exc}"), final=final)
+    except Exception as secondary:
+        op.log.warning("Could not tell the node tasks why this task failed (%s: %s); they learn it "
+                       "from its state", type(secondary).__name__, secondary)
 
 
 def outcome(event: dict[str, Any]) -> bool:
