@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import REPO, run_in_mount_namespace
 
 DAG_FILE = REPO / "tests" / "dags" / "first_hour_dags.py"
-NOT_SHARED = "needs the runtime root"  # the producer's error when the shared root is not declared
+NOT_SHARED = 'execution="streamed" needs the runtime root'  # the producer's error: shared root undeclared
 
 
 @pytest.fixture(scope="module")

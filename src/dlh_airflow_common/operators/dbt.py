@@ -346,7 +346,11 @@ class DbtOperator(BaseOperator):
             self._watching.abandon()  # the supervisor stops dbt and removes the dirs
 
     def _defer(self, context: Context, plan: Plan, started: float) -> dict[str, Any]:
-        settings.check_detachable(self._root(), in_process=self.in_process)
+        if self.stream_nodes:  # named as the user asked for it: DbtProject(execution="streamed")
+            settings.check_detachable(self._root(), in_process=self.in_process, what='execution="streamed"',
+                                      instead='execution="isolated"')
+        else:
+            settings.check_detachable(self._root(), in_process=self.in_process)
         hook = self._make_hook(context)
         identity = hook.identity or RunIdentity()
         run = DetachedRun(

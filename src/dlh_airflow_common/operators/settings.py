@@ -71,13 +71,14 @@ def project_dir(task_id: str, given: str | None) -> str:
     return str(project)
 
 
-def check_detachable(root: Path, *, in_process: bool, what: str = "deferrable=True") -> None:
+def check_detachable(root: Path, *, in_process: bool, what: str = "deferrable=True",
+                     instead: str = "deferrable=False") -> None:
     """Refuse, with the reason and the fix, to run dbt detached where a watcher could not see it."""
     executor = str(conf.get("core", "executor", fallback=""))
     if "Kubernetes" in executor:
         raise DbtException(
             f"{what} runs dbt as a detached process on the worker, and KubernetesExecutor "
-            "deletes the worker pod when the task defers; use deferrable=False on this executor"
+            f"deletes the worker pod when the task defers; use {instead} on this executor"
         )
     if in_process:
         raise DbtException(f"{what} needs a dbt process that outlives the worker; in_process=True cannot "
@@ -87,5 +88,5 @@ def check_detachable(root: Path, *, in_process: bool, what: str = "deferrable=Tr
             f"{what} needs the runtime root {root} visible to the triggerer and to the worker that "
             f"resumes the task. Mount it on a volume shared by workers and triggerers (on a single host "
             f"it already is), then set {SHARED_ROOT_ENV}=true or [dlh_dbt] shared_runtime_root = True; "
-            "otherwise use deferrable=False"
+            f"otherwise use {instead}"
         )
