@@ -13,6 +13,12 @@ Layout under the runtime root (default ``/tmp/dbt``)::
         packages -> packages.d/<version>   last published ``dbt deps`` result (swapped atomically)
         package-lock.yml                   lock file written by that ``dbt deps``
         partial_parse/<key>.msgpack        partial-parse cache, replaced atomically after each run
+        shadows/<version>/.dlh_in_use      runs hold a shared flock on their version; pruning takes
+                                           an exclusive one, so it never removes a version in use
+
+Everything here is created and checked by ``core.safefs`` (ours, 0700, no link followed); runs on
+one project may start together on a fresh root: one of them builds the shared shadow (a flock),
+the others wait for it and use it.
 """
 
 from __future__ import annotations
