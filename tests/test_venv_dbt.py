@@ -66,8 +66,8 @@ def test_operator_runs_the_venvs_dbt(venv_dags: Any, dag_id: str, capfd: pytest.
 
 def test_a_venv_that_cannot_be_built_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DLH_TEST_VENV_CACHE", str(tmp_path))
-    monkeypatch.setenv("PYTHON", str(tmp_path / "no-python"))
-    with pytest.raises(RuntimeError, match=r"Cannot build the test virtualenv.*no-python"):
+    monkeypatch.setenv("UV", str(tmp_path / "no-uv"))
+    with pytest.raises(RuntimeError, match=r"Cannot build the test virtualenv.*no-uv"):
         dbt_venv()
     assert not any(p.name.startswith("dbt-") for p in tmp_path.iterdir())
 
