@@ -50,3 +50,8 @@ bench: install
 	$(UV) run --frozen python bench/operator_build.py
 	$(UV) run --frozen python bench/render.py
 	$(UV) run --frozen python bench/per_node.py
+
+# The demo's DAGs run by a real scheduler (api-server, scheduler, dag-processor, triggerer on .demo/airflow),
+# so the UI shows their task logs; prints the URL and login, runs until Ctrl-C. After `make demo` or alone.
+demo-ui: install
+	$(UV) run --frozen python examples/demo_ui.py

@@ -41,7 +41,7 @@ class AirflowStack:
         self.env = env
         self.api_port = api_port
         self.logs = home / "component-logs"
-        self.logs.mkdir(parents=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.clis: list[subprocess.Popen[str]] = []
 
