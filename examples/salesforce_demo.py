@@ -152,7 +152,10 @@ def docs_published(states: dict[str, str]) -> bool:
     print(f"\ndbt docs: {states.get('dbt_docs_generate')}; published under {site.location}: "
           f"{', '.join(projects) or 'NOTHING (unexpected)'}")
     print("  to browse them: AIRFLOW_HOME=.demo/airflow DLH_DBT_RUNTIME_ROOT=.demo/dbt-runtime "
-          "uv run airflow api-server, then the 'dbt Docs' menu entry")
+          "python3 -m uv run --frozen airflow api-server, log in as admin (password in "
+          ".demo/airflow/simple_auth_manager_passwords.json.generated once it started), then the "
+          "'dbt Docs' menu entry;\n  or `make demo-ui` to run the DAGs under a scheduler and browse "
+          "their task logs")
     return states.get("dbt_docs_generate") == "success" and bool(projects)
 
 
