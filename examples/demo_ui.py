@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -137,7 +138,10 @@ def healthy(port: int) -> bool:
 def start(stack: AirflowStack, port: int, timeout: float = 180) -> Api:
     """Migrate, start the four components, wait for the api-server, and log in as the generated admin."""
     print("migrating the metadata DB ...", flush=True)
-    migrate = stack.cli("db", "migrate", timeout=300)
+    try:
+        migrate = stack.cli("db", "migrate", timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        raise DemoError(f"airflow db migrate did not finish within {exc.timeout:.0f}s") from exc
     if migrate.returncode != 0:
         raise DemoError(f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}")
     print(f"starting api-server, scheduler, dag-processor, triggerer (logs: {stack.logs}) ...", flush=True)
@@ -259,6 +263,9 @@ Ctrl-C stops every component.""", flush=True)
         return 0
     except DemoError as exc:
         print(f"demo-ui failed: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the api-server stopped answering mid-way
+        print(f"demo-ui failed: the api-server did not answer ({exc})\n{stack.report()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
