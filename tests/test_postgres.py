@@ -69,8 +69,9 @@ def test_eight_concurrent_runs_are_isolated_and_keep_the_parse_cache(
     def work(i: int) -> None:
         inv = _invoker(demo_project, pg_conn, runtime_root, keep_target_artifacts=True)
         try:
-            # tests only read the warehouse, so eight at once do not fight over DDL
-            results[i] = inv.invoke(DbtCommand("test", select=selects[i % 4]))
+            # tests only read the warehouse, so eight at once do not fight over DDL; customer_orders has
+            # no test of its own: that run tests nothing, on purpose
+            results[i] = inv.invoke(DbtCommand("test", select=selects[i % 4], allow_empty_selection=True))
         except Exception as exc:
             results[i] = exc
 
