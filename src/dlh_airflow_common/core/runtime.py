@@ -207,7 +207,7 @@ class ProjectCache:
         self.publish_lock(lock_file)
         used = self.packages_in_use()
         for old in sorted(versions.iterdir())[:-_KEEP_PACKAGE_VERSIONS]:
-            if str(old) not in used:  # a shadow (maybe a live run's) still links to it
+            if str(old.resolve()) not in used:  # a shadow (maybe a live run's) still links to it
                 remove_tree(self.runtime_root, old)
 
     def packages_in_use(self) -> set[str]:
@@ -495,7 +495,8 @@ class _ShadowLayout:
             version = versions / f"{wanted}-{secrets.token_hex(3)}"
             self.build(version, private_packages=False)
             os.close(open_state_file(version / IN_USE))
-            (version / PACKAGES_USED).write_text(str(self._packages_source(False) or ""))
+            source = self._packages_source(False)
+            (version / PACKAGES_USED).write_text(str(source.resolve()) if source else "")
             (version / SHADOW_MARKER).write_text(wanted)
             tmp_link = self.cache.root / f".project.{secrets.token_hex(4)}"
             tmp_link.symlink_to(version)
