@@ -72,7 +72,8 @@ def _our_group(gid: int) -> bool:
 def secure_root(root: Path) -> Path:
     """Create the runtime root (0700) or check that an existing one is ours; return its real path.
 
-    A root that is ours but readable by others (made by an older version) is narrowed to 0700. A
+    A root that is ours but readable by others (made by an older version, or by ``mkdir -p`` of a dir
+    below it) is narrowed to 0700 (to 2770's group bits when group-shared). A
     symlinked root is followed only when the link is this user's or root's (an admin's mount point).
     """
     root = Path(os.path.abspath(root))
@@ -94,8 +95,9 @@ def secure_root(root: Path) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise DbtRuntimeRootException(f"runtime root {root} is not a directory; {_fix_hint(str(root))}")
     _check(st, str(root), "runtime root")
-    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o007:
-        os.chmod(root, stat.S_IMODE(st.st_mode) & ~0o007)  # ours, but others could read what runs leave
+    readable = 0o007 if group_shared() else 0o077
+    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & readable:
+        os.chmod(root, stat.S_IMODE(st.st_mode) & ~readable)  # ours, but others could read what runs leave
     return root
 
 
