@@ -172,9 +172,13 @@ def _open_root(location: Path, create: bool) -> int:
     """The store's top dir (its configured path may lead through an admin's symlinks; nothing below may)."""
     if create:
         location.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return _checked(os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), location)
+
+
+def _checked(fd: int, where: Path) -> int:
+    """``fd`` if its entry is ours (:func:`_check_ours`), else closed and refused."""
     try:
-        _check_ours(os.fstat(fd), location)
+        _check_ours(os.fstat(fd), where)
     except BaseException:
         os.close(fd)
         raise
@@ -193,12 +197,7 @@ def _open_dir(parent: int, name: str, where: Path, create: bool = False) -> int:
             raise DocsError(f"{where} is not a directory but a symlink or a file, which the docs store never "
                             f"creates; remove it (the next publish recreates it)") from None
         raise
-    try:
-        _check_ours(os.fstat(fd), where)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _checked(fd, where)
 
 
 def _read_regular(parent: int, name: str, where: Path) -> bytes | None:
