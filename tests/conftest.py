@@ -65,6 +65,7 @@ import pytest  # noqa: E402
 
 from dlh_airflow_common.core import ConnectionInfo  # noqa: E402
 from tests.pgserver import PgServer  # noqa: E402
+from tests.s3server import BUCKET, S3Server, install_connection  # noqa: E402
 from tests.warmth import DbtStart  # noqa: E402
 
 EXAMPLES = REPO / "examples"
@@ -131,6 +132,16 @@ def pg() -> Iterator[PgServer]:
     server.execute("create database warehouse owner dbt_user")
     yield server
     server.destroy()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3 endpoint on loopback (moto's server), the aws connection ``dlh_s3`` to it, a bucket."""
+    server = S3Server().start()
+    server.create_bucket(BUCKET)
+    install_connection(server)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -102,6 +102,10 @@ class DbtRuntimeRootException(DbtException):
     """The runtime root, or something in it, is not this user's alone: refusing to use it."""
 
 
+class DbtStateStoreException(DbtException):
+    """The state store (``[dlh_dbt] state_store``) cannot be used: the message names the URL and the fix."""
+
+
 class DbtCancelledException(DbtException):
     """The run was cancelled (on_kill, timeout); partial results are attached."""
 

@@ -9,12 +9,15 @@ from dlh_airflow_common._compat import conf
 from dlh_airflow_common.core.exceptions import DbtException, DbtProjectException
 from dlh_airflow_common.core.retention import Retention
 from dlh_airflow_common.core.runtime import default_runtime_root
+from dlh_airflow_common.state_store import StoreSetting
 
 SHARED_ROOT_ENV = "DLH_DBT_SHARED_RUNTIME_ROOT"
 PROJECT_DIR_ENV = "DLH_DBT_PROJECT_DIR"
 RETENTION_HOURS_ENV = "DLH_DBT_RETENTION_MAX_AGE_HOURS"
 RETENTION_KEEP_ENV = "DLH_DBT_RETENTION_KEEP"
 UNWATCHED_TIMEOUT_ENV = "DLH_DBT_UNWATCHED_TIMEOUT"
+STATE_STORE_ENV = "DLH_DBT_STATE_STORE"
+STATE_STORE_CONN_ENV = "DLH_DBT_STATE_STORE_CONN_ID"
 # Long enough for a triggerer restart or the move of its triggers to another triggerer.
 DEFAULT_UNWATCHED_TIMEOUT = 180.0
 
@@ -29,6 +32,25 @@ def shared_root_declared() -> bool:
     if os.environ.get(SHARED_ROOT_ENV, "").strip().lower() in {"1", "true", "yes"}:
         return True
     return bool(conf.getboolean("dlh_dbt", "shared_runtime_root", fallback=False))
+
+
+def state_store(url: str | None, conn_id: str | None = None) -> StoreSetting | None:
+    """Where state shared across hosts goes (``s3://bucket/prefix``), or None (the runtime root).
+
+    Each part: the task's argument, else ``$DLH_DBT_STATE_STORE`` / ``$DLH_DBT_STATE_STORE_CONN_ID``,
+    else ``[dlh_dbt] state_store`` / ``state_store_conn_id``.
+    """
+    url = url or os.environ.get(STATE_STORE_ENV) or conf.get("dlh_dbt", "state_store", fallback=None)
+    if not url:
+        return None
+    conn_id = (conn_id or os.environ.get(STATE_STORE_CONN_ENV)
+               or conf.get("dlh_dbt", "state_store_conn_id", fallback=None))
+    return StoreSetting(str(url).rstrip("/"), str(conn_id) if conn_id else None)
+
+
+def ends_worker_on_defer() -> bool:
+    """The executor deletes the worker (its pod) when a task defers: nothing detached survives there."""
+    return "Kubernetes" in str(conf.get("core", "executor", fallback=""))
 
 
 def runtime_root(given: str | None) -> Path:
@@ -74,8 +96,7 @@ def project_dir(task_id: str, given: str | None) -> str:
 def check_detachable(root: Path, *, in_process: bool, what: str = "deferrable=True",
                      instead: str = "deferrable=False") -> None:
     """Refuse, with the reason and the fix, to run dbt detached where a watcher could not see it."""
-    executor = str(conf.get("core", "executor", fallback=""))
-    if "Kubernetes" in executor:
+    if ends_worker_on_defer():
         raise DbtException(
             f"{what} runs dbt as a detached process on the worker, and KubernetesExecutor "
             f"deletes the worker pod when the task defers; use {instead} on this executor"
