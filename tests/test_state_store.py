@@ -68,3 +68,39 @@ def test_refused_credentials_are_named_as_such_without_the_secret() -> None:
     with pytest.raises(DbtStateStoreException) as refused:
         StateStore(Refusing(), "s3://b-ucket/p", [SECRET_KEY]).check()
     assert "refused the credentials" in str(refused.value) and SECRET_KEY not in str(refused.value)
+
+
+def test_writer_batches_results_and_a_reader_never_takes_a_final_status_before_them(s3: S3Server) -> None:
+    from dlh_airflow_common.core.store_stream import StoreChannel, StoreStreamWriter, stream_key
+    from dlh_airflow_common.core.stream import StreamState
+    from dlh_airflow_common.state_store import StoreSetting, open_store
+
+    store = open_store(StoreSetting(f"s3://{BUCKET}/unit", CONN_ID))
+    prefix = (*stream_key("d", "r"), "00000000000000000001-a")
+    writer = StoreStreamWriter(store, prefix)
+    writer.start(pid=1)
+    started = time.monotonic()
+    for i in range(30):  # 30 nodes within about 1.5 s
+        writer(_event("NodeStart", f"model.p.m{i}"))
+        writer(_event("NodeFinished", f"model.p.m{i}", "error" if i == 7 else "success", "boom"))
+        time.sleep(0.05)
+    writer.close(state="failed")
+    elapsed = time.monotonic() - started
+    batches = s3.keys(BUCKET, f"unit/{'/'.join(prefix)}/nodes/")
+    assert 1 <= len(batches) <= elapsed / 1.0 + 2, (batches, elapsed)  # at most one a second (+ the last)
+
+    reader = StoreChannel(open_store(StoreSetting(f"s3://{BUCKET}/unit", CONN_ID)), stream_key("d", "r"))
+    state = StreamState()
+    assert reader.poll(state)
+    assert state.seen and state.status is not None and state.status["state"] == "failed"
+    assert len(state.results) == 30 and state.results["model.p.m7"]["status"] == "error"
+    listed = reader.store.request_counts()
+    assert not reader.poll(state)  # nothing new: one list, no get
+    assert reader.store.request_counts()["get"] == listed["get"]
+
+    # A final status that counts a batch not written yet is held back until the batch is there.
+    late = (*stream_key("d", "late"), "00000000000000000001-b")
+    store.put_json({"state": "success", "heartbeat": time.time(), "batches": 1}, *late, "status.json")
+    held = StreamState()
+    StoreChannel(store, stream_key("d", "late")).poll(held)
+    assert held.status is None and not held.seen

@@ -200,6 +200,9 @@ class StreamState:
     # often before a watcher has read its last status.
     gone: bool = False
     early_failure: dict[str, Any] | None = None  # the producer failed before launching dbt (final try)
+    # The channel's last error (an unreachable state store) and since when it has failed (epoch seconds).
+    error: str | None = None
+    failing_since: float | None = None
 
     @property
     def cancelled(self) -> bool:
