@@ -6,6 +6,7 @@ read only the store is that the producer writes no ``nodes.jsonl`` there when a 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -104,3 +105,74 @@ def test_writer_batches_results_and_a_reader_never_takes_a_final_status_before_t
     held = StreamState()
     StoreChannel(store, stream_key("d", "late")).poll(held)
     assert held.status is None and not held.seen
+
+
+# -- streamed DAG runs through the store ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def bag(airflow_db: None, s3: S3Server) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    dagbag = DagBag(str(DAG_FILE))
+    assert not dagbag.import_errors, dagbag.import_errors
+    return dagbag
+
+
+def _run_objects(s3: S3Server, dag_id: str, run_id: str) -> dict[str, list[str]]:
+    """The run's store objects by launch."""
+    from dlh_airflow_common.core.store_stream import stream_key
+
+    prefix = "suite/" + "/".join(stream_key(dag_id, run_id)) + "/"
+    by_launch: dict[str, list[str]] = {}
+    for key in s3.keys(BUCKET, prefix):
+        launch, rest = key[len(prefix):].split("/", 1)
+        by_launch.setdefault(launch, []).append(rest)
+    return by_launch
+
+
+def _check_boom_run(s3: S3Server, dr: Any) -> dict[str, Any]:
+    states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+    assert states["model.boom"] == "failed", states
+    assert states["model.boom_child"] == "skipped", states  # dbt skipped it: its upstream failed
+    assert states["model.mart_1"] == "success" and states["seed.raw_events"] == "success", states
+    assert states["dbt_producer"] == "failed", states
+    # every node task ended from the producer's stream: none built its node itself on a worker
+    assert not sorted(RUNTIME.glob(f"runs/run_*_{dr.dag_id}_model_*")), "a node task ran dbt itself"
+    launches = _run_objects(s3, dr.dag_id, dr.run_id)
+    assert len(launches) == 1, launches
+    (objects,) = launches.values()
+    assert {"status.json", "heartbeat"} <= set(objects) and any(o.startswith("nodes/") for o in objects)
+    (launch,) = launches
+    from dlh_airflow_common.core.store_stream import stream_key
+
+    status = json.loads(s3.read(BUCKET, f"suite/{'/'.join(stream_key(dr.dag_id, dr.run_id))}/{launch}/status.json"))
+    assert status["state"] == "failed" and status["batches"] == len([o for o in objects if o.startswith("nodes/")])
+    return status
+
+
+def _no_secret_on_disk() -> None:
+    for path in RUNTIME.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert SECRET_KEY.encode() not in path.read_bytes(), path
+
+
+def test_a_streamed_run_through_the_store_mirrors_each_node(bag: Any, s3: S3Server) -> None:
+    from dlh_airflow_common.core.stream import stream_dir
+
+    dr = bag.get_dag("store_streamed_boom").test()
+    _check_boom_run(s3, dr)
+    # the detached producer wrote node results to the store only, not to the runtime root
+    assert not list(stream_dir(RUNTIME, dr.dag_id, dr.run_id).rglob("nodes.jsonl"))
+    (status_file,) = stream_dir(RUNTIME, dr.dag_id, dr.run_id).glob("run_*/status.json")
+    counts = json.loads(status_file.read_text())["store_requests"]
+    print(f"producer's state store requests (detached): {counts}")
+    assert 3 <= counts["total"] < 60, counts
+    _no_secret_on_disk()
+
+
+def test_a_sync_producer_streams_to_the_store_as_dbt_finishes_each_node(bag: Any, s3: S3Server) -> None:
+    from dlh_airflow_common.core.stream import stream_dir
+
+    dr = bag.get_dag("store_streamed_boom_sync").test()
+    _check_boom_run(s3, dr)
+    assert not stream_dir(RUNTIME, dr.dag_id, dr.run_id).exists()  # nothing detached, nothing on disk
+    _no_secret_on_disk()

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -49,6 +49,8 @@ from dlh_airflow_common.core.retention import CURRENT_LINK, ActiveMark
 from dlh_airflow_common.core.runners import SubprocessRunner
 from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.core.safefs import ensure_dir, remove_tree, secure_root, touch
+from dlh_airflow_common.core.store import store_from_env
+from dlh_airflow_common.core.store_stream import StoreStreamWriter
 from dlh_airflow_common.core.stream import NODE_RESULTS, NodeResultWriter, NodeTally, current_launch
 
 TERMINAL = {"success", "failed", "cancelled"}
@@ -260,6 +262,11 @@ class DetachedSpec:
     unwatched_timeout: float = 0.0  # > 0: cancel when no trigger has watched for this long (see above)
     partial_parse: bool = True
     stream_nodes: bool = False  # append each finished node's result to nodes.jsonl (core.stream)
+    # A state store instead (core.store_stream): its URL and protocol, and this launch's key prefix in it.
+    # Its credentials come in the supervisor's environment (core.store.STORE_OPTIONS_ENV) only.
+    store_url: str | None = None
+    store_protocol: str | None = None
+    store_prefix: list[str] | None = None
 
 
 def launch(spec: DetachedSpec, runtime_root: Path, secret_env: Mapping[str, str],
@@ -324,12 +331,15 @@ def _supervise(ctl: ControlDir) -> int:
         return redact(text, secrets)
 
     tally = NodeTally(clean)  # in the status file: what a killed watcher reports if dbt's summary is late
-    writer = NodeResultWriter(ctl.path / NODE_RESULTS, clean) if spec.stream_nodes else None
+    stored = _store_writer(spec, clean, lambda why: _lost_store(why, invoker))
+    writer = NodeResultWriter(ctl.path / NODE_RESULTS, clean) if spec.stream_nodes and not stored else None
 
     def on_event(event: dict[str, Any]) -> None:
         tally(event)
         if writer is not None:
             writer(event)
+        if stored is not None:
+            stored(event)
 
     invoker = DbtInvoker(
         spec.project_dir, profile,
@@ -358,6 +368,8 @@ def _supervise(ctl: ControlDir) -> int:
                 # Before dbt stops: node watchers of a streamed run must not take a node that the
                 # cancel cuts short for a node that failed, nor wait for nodes that will never come.
                 ctl.write_status(cancel_requested=time.time())
+                if stored is not None:
+                    _mark_cancel(stored)
                 invoker.cancel()
                 return
             unwatched = ctl.unwatched_for() if spec.unwatched_timeout > 0 else None
@@ -371,14 +383,18 @@ def _supervise(ctl: ControlDir) -> int:
                 return
 
     ctl.write_status(state="running", pid=os.getpid(), heartbeat=time.time())
-    threading.Thread(target=watch, daemon=True).start()
+    final = "failed"
     try:
+        if stored is not None:
+            stored.start(pid=os.getpid(), launched=time.time())
+        threading.Thread(target=watch, daemon=True).start()
         result = invoker.invoke(DbtCommand(**spec.command))
         ctl.write_status(state="success", result=result.to_dict(), finished=time.time())
+        final = "success"
         return 0
     except DbtException as exc:
-        state = "cancelled" if ctl.cancel_flag.exists() else "failed"
-        ctl.write_status(state=state, error=exc.to_dict(), finished=time.time())
+        final = "cancelled" if ctl.cancel_flag.exists() else "failed"
+        ctl.write_status(state=final, error=exc.to_dict(), finished=time.time())
         return 1
     except Exception as exc:  # anything else still has to reach the watcher
         ctl.write_status(state="failed", error=DbtException(f"dbt supervisor crashed: {exc!r}").to_dict(),
@@ -386,8 +402,44 @@ def _supervise(ctl: ControlDir) -> int:
         return 1
     finally:
         stop.set()
+        if stored is not None:
+            _close_store(ctl, stored, final)
         if ctl.abandoned_flag.exists():  # a killed task: no one will resume it to read this dir
             ctl.remove()
+
+
+def _store_writer(spec: DetachedSpec, clean: Callable[[str], str],
+                  on_lost: Callable[[str], None]) -> StoreStreamWriter | None:
+    """The writer of this launch's node results in the state store, when the spec names one."""
+    if not (spec.stream_nodes and spec.store_url and spec.store_prefix):
+        return None
+    store = store_from_env(spec.store_url, spec.store_protocol or "s3")
+    return StoreStreamWriter(store, tuple(spec.store_prefix), clean, on_lost=on_lost)
+
+
+def _lost_store(why: str, invoker: DbtInvoker) -> None:
+    """Nobody can watch a run whose results cannot be written: stop dbt rather than run unwatched."""
+    print(f"Stopping dbt: {why}", flush=True)
+    invoker.cancel()
+
+
+def _mark_cancel(stored: StoreStreamWriter) -> None:
+    try:
+        stored.mark_now(cancel_requested=time.time())
+    except Exception as exc:  # the store is down: node watchers fail on the heartbeat instead
+        print(f"Could not mark the cancel in the state store: {exc}", flush=True)
+
+
+def _close_store(ctl: ControlDir, stored: StoreStreamWriter, state: str) -> None:
+    """The last results, then the final status; the request counts go to the run's log."""
+    try:
+        stored.close(state=state)
+    except Exception as exc:
+        print(f"Could not write the final status to the state store: {exc}", flush=True)
+    counts = stored.store.request_counts()
+    final = (ctl.read_status() or {}).get("state") or state  # a final status takes new fields with its state
+    ctl.write_status(state=final, store_requests=counts)
+    print(f"State store requests by this run's producer: {counts}", flush=True)
 
 
 def copy_artifacts(target: Path, dest: Path) -> None:

@@ -26,7 +26,7 @@ from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.lineage import emit_node_events
 from dlh_airflow_common.links import DbtArtifactsLink, DbtDocsLink
-from dlh_airflow_common.operators import settings, streamed
+from dlh_airflow_common.operators import producer, settings, streamed
 from dlh_airflow_common.operators.deferral import (
     DetachedRun,
     exception_from_event,
@@ -35,6 +35,7 @@ from dlh_airflow_common.operators.deferral import (
 )
 from dlh_airflow_common.operators.reporting import Reporter
 from dlh_airflow_common.operators.retry_state import Plan, RetryState
+from dlh_airflow_common.state_store import StoreSetting
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -107,6 +108,10 @@ class DbtOperator(BaseOperator):
     only_nodes: Sequence[str] | str | None = None
     stream_nodes: bool = False
     stream_from: str | None = None
+    state_store: str | None = None
+    state_store_conn_id: str | None = None
+    sync_producer: bool | None = None
+    _producer: producer.SyncProducer | None = None  # a sync producer's writes to the state store
     _hook: DbtHook | None = None
     _watching: ControlDir | None = None  # the detached run this task watches before it defers
     _lineage: Any = None
@@ -168,6 +173,9 @@ class DbtOperator(BaseOperator):
         stream_nodes: bool = False,
         stream_from: str | None = None,
         node_tests: Sequence[str] = (),
+        state_store: str | None = None,
+        state_store_conn_id: str | None = None,
+        sync_producer: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -224,6 +232,10 @@ class DbtOperator(BaseOperator):
             # Streamed per-node mode: the producer builds the selection in one detached dbt process and
             # streams node results; a node task (stream_from=<producer task id>) reflects its node's.
             "stream_nodes": stream_nodes, "stream_from": stream_from, "node_tests": list(node_tests),
+            # Where state read by other hosts goes (None: DLH_DBT_STATE_STORE / [dlh_dbt]); a producer
+            # runs sync when asked, or when nothing detached would survive or be seen (producer.runs_sync).
+            "state_store": state_store, "state_store_conn_id": state_store_conn_id,
+            "sync_producer": sync_producer,
         }
         # Straight into the instance dict, and only what differs from the class defaults below: a
         # rendered project makes thousands of these, and BaseOperator.__setattr__ (converter lookup,
@@ -310,11 +322,18 @@ class DbtOperator(BaseOperator):
         started = time.time()
         maybe_prune(self._root(), settings.retention(self.retention_max_age, self.retention_keep))
         plan = self._plan(context)
-        if self.deferrable or self.stream_nodes:
-            return self._defer(context, plan, started)
+        store = self._state_store() if self.stream_nodes else None
+        sync_producer = self.stream_nodes and producer.runs_sync(self.sync_producer, store)
+        if (self.deferrable or self.stream_nodes) and not sync_producer:
+            return self._defer(context, plan, started, store)
         capture = Path(tempfile.mkdtemp(prefix="dbt-artifacts-"))
+        ended = "failed"
         try:
             self._hook = hook = self._make_hook(context, capture)
+            if sync_producer:
+                self.log.info("Producer runs dbt in this task (sync) and streams node results to %s",
+                              store.url if store else None)
+                self._producer = producer.SyncProducer.start(store, context, hook)
             command = self._dbt_command(plan)
             try:
                 result = hook.run_dbt_task(command.command, command.select, command.exclude,
@@ -323,12 +342,18 @@ class DbtOperator(BaseOperator):
             except DbtException as exc:
                 self._lineage = self._report_failure(context, exc, capture, time.time() - started, hook)
                 raise
+            ended = "success"
             out = result.to_dict()
             self._lineage = self._reporter(context, hook).success(out, capture, time.time() - started)
             return out
         finally:
-            self._hook = None
+            if self._producer is not None:
+                self._producer.end(ended, self.log)
+            self._hook = self._producer = None
             shutil.rmtree(capture, ignore_errors=True)
+
+    def _state_store(self) -> StoreSetting | None:
+        return settings.state_store(self.state_store, self.state_store_conn_id)
 
     def _skip_unless_chosen(self) -> None:
         if self.only_nodes is None or self.dbt_unique_id is None:
@@ -340,18 +365,22 @@ class DbtOperator(BaseOperator):
 
     def on_kill(self) -> None:
         """Cancel the running dbt (SIGINT, grace, SIGKILL); the hook then reports partial results."""
+        if self._producer is not None:
+            self._producer.cancel()
         if self._hook is not None:
             self._hook.cancel()
         if self._watching is not None:
             self._watching.abandon()  # the supervisor stops dbt and removes the dirs
 
-    def _defer(self, context: Context, plan: Plan, started: float) -> dict[str, Any]:
+    def _defer(self, context: Context, plan: Plan, started: float,
+               store: StoreSetting | None = None) -> dict[str, Any]:
         if self.stream_nodes:  # named as the user asked for it: DbtProject(execution="streamed")
             settings.check_detachable(self._root(), in_process=self.in_process, what='execution="streamed"',
                                       instead='execution="isolated"')
         else:
             settings.check_detachable(self._root(), in_process=self.in_process)
         hook = self._make_hook(context)
+        in_store = producer.launch_in_store(store, context) if store is not None else None
         identity = hook.identity or RunIdentity()
         run = DetachedRun(
             project_dir=hook.dbt_project_dir, runtime_root=self._root(), command=self._dbt_command(plan),
@@ -361,6 +390,7 @@ class DbtOperator(BaseOperator):
             venv_path=self.venv_path, dbt_executable=self.dbt_executable, cancel_grace=self.cancel_grace,
             unwatched_timeout=settings.unwatched_timeout(self.unwatched_timeout),
             stream_to=streamed.producer_dir(self._root(), context) if self.stream_nodes else None,
+            store=store, store_prefix=in_store[1] if in_store else (),
         )
         ctl = run.launch()
         self.log.info("dbt %s started detached (control dir %s)", plan.command, ctl.path)

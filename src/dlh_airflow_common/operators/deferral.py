@@ -22,6 +22,7 @@ from dlh_airflow_common.core.exceptions import (
 from dlh_airflow_common.core.invoke import DbtCommand
 from dlh_airflow_common.core.profile_setup import ResolvedProfile, plain_env
 from dlh_airflow_common.core.runtime import RunIdentity
+from dlh_airflow_common.state_store import StoreSetting, supervisor_env
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class DetachedRun:
     cancel_grace: float = 30.0
     unwatched_timeout: float = 0.0  # cancel when no trigger has watched for this long (0: never)
     stream_to: Path | None = None  # a producer: its DAG run's stream dir, where node results stream
+    store: StoreSetting | None = None  # a producer with a state store: node results go there instead
+    store_prefix: tuple[str, ...] = ()  # this launch's prefix in the store
 
     def launch(self) -> ControlDir:
         """Write the spec (0600, in a 0700 control dir) and start the supervisor; return its dir."""
@@ -61,7 +64,12 @@ class DetachedRun:
             venv_path=self.venv_path, dbt_executable=self.dbt_executable, cancel_grace=self.cancel_grace,
             unwatched_timeout=self.unwatched_timeout, stream_nodes=self.stream_to is not None,
         )
-        return launch(spec, self.runtime_root, profile.secret_env, stream=self.stream_to)
+        secret_env = dict(profile.secret_env)
+        if self.store is not None and self.stream_to is not None:
+            spec.store_url, spec.store_protocol = self.store.url, self.store.protocol
+            spec.store_prefix = list(self.store_prefix)
+            secret_env.update(supervisor_env(self.store))  # its credentials: the environment only
+        return launch(spec, self.runtime_root, secret_env, stream=self.stream_to)
 
 
 POLL_SECONDS = 0.5

@@ -22,7 +22,9 @@ from dlh_airflow_common._compat import (
     redact,
 )
 from dlh_airflow_common.core.exceptions import DbtRuntimeException
+from dlh_airflow_common.core.store_stream import StoreChannel, stream_key
 from dlh_airflow_common.core.stream import (
+    StreamState,
     clear_failed_before_launch,
     current_launch,
     early_failure_message,
@@ -31,6 +33,7 @@ from dlh_airflow_common.core.stream import (
     stream_dir,
 )
 from dlh_airflow_common.operators import settings
+from dlh_airflow_common.state_store import open_store
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -51,8 +54,11 @@ def producer_dir(root: Path, context: Context) -> Path:
 
 
 def _trigger_kwargs(op: DbtOperator) -> dict[str, Any]:
+    store = settings.state_store(op.state_store, op.state_store_conn_id)
     return {"unique_id": op.dbt_unique_id, "runtime_root": str(settings.runtime_root(op.runtime_root)),
-            "tests": op.node_tests, "producer_task_id": op.stream_from}
+            "tests": op.node_tests, "producer_task_id": op.stream_from,
+            "state_store": store.url if store else None,
+            "state_store_conn_id": store.conn_id if store else None}
 
 
 def born_in_triggerer(op: DbtOperator) -> None:
@@ -79,8 +85,7 @@ def watch_from_worker(op: DbtOperator, context: Context) -> None:
                     "watches its producer from a worker slot, then defers",
                     *AIRFLOW_VERSION, START_FROM_TRIGGER_SINCE)
     stream = producer_dir(settings.runtime_root(op.runtime_root), context)
-    launch = current_launch(stream)
-    if launch is None or not (launch / "status.json").is_file():
+    if not _producer_started(op, context, stream):
         _fail_if_producer_ended(op, context, stream)
         from airflow.sdk import timezone
 
@@ -88,6 +93,18 @@ def watch_from_worker(op: DbtOperator, context: Context) -> None:
     op.defer(trigger=DbtNodeTrigger(**_trigger_kwargs(op), end_task=False, dag_id=ti.dag_id,
                                     run_id=ti.run_id, try_number=int(ti.try_number or 1)),
              method_name="execute_complete")
+
+
+def _producer_started(op: DbtOperator, context: Context, stream: Path) -> bool:
+    """Whether this DAG run's producer has written its first status (in the store, or on the root)."""
+    store = settings.state_store(op.state_store, op.state_store_conn_id)
+    if store is not None:
+        ti = context["ti"]
+        state = StreamState()
+        StoreChannel(open_store(store), stream_key(str(ti.dag_id), str(ti.run_id))).poll(state)
+        return state.seen
+    launch = current_launch(stream)
+    return launch is not None and (launch / "status.json").is_file()
 
 
 def _fail_if_producer_ended(op: DbtOperator, context: Context, stream: Path) -> None:

@@ -43,7 +43,7 @@ _DUCKDB_NOTE = ("DuckDB allows one writing process per database file, so this DA
 _OWN_ARGS = {"command", "dbt_command", "select", "dbt_models", "exclude", "selector", "dbt_project_dir",
              "conn_id", "profiles_dir", "target", "profile_name", "vars", "runtime_root", "venv_path",
              "dbt_executable", "env_vars", "task_id", "extra_args", "only_nodes", "dbt_unique_id",
-             "allow_empty_selection"}
+             "allow_empty_selection", "state_store", "state_store_conn_id"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ class DbtProject:
     # the other node tasks skip, and a skipped upstream does not skip its downstream.
     run_only: str | None = None
     runtime_root: str | None = None
+    # Streamed: node results go through this object store (s3://bucket/prefix) instead of the runtime root.
+    state_store: str | None = None
+    state_store_conn_id: str | None = None
     venv_path: str | None = None
     dbt_executable: str | None = None
     env_vars: Mapping[str, str] = field(default_factory=dict)
@@ -116,7 +119,8 @@ class DbtProject:
                "vars": dict(self.vars) if self.vars else None, "runtime_root": self.runtime_root,
                "venv_path": self.venv_path, "dbt_executable": self.dbt_executable,
                "env_vars": dict(self.env_vars) or None,
-               "allow_empty_selection": self.allow_empty_selection or None}
+               "allow_empty_selection": self.allow_empty_selection or None, "state_store": self.state_store,
+               "state_store_conn_id": self.state_store_conn_id}
         # Unset ones are left to the operator's defaults: each task keeps its init arguments.
         return {**chosen, **{k: v for k, v in own.items() if v is not None}, **self.operator_args}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,26 +26,32 @@ from airflow.triggers.base import (
     TriggerEvent,
 )
 
+from dlh_airflow_common.core.store_stream import StoreChannel, stream_key
 from dlh_airflow_common.core.stream import (
     GOOD,
     ControlDirChannel,
+    NodeChannel,
     StreamState,
     current_launch,
     early_failure_message,
     stream_dir,
 )
+from dlh_airflow_common.state_store import StoreSetting, open_store
 from dlh_airflow_common.triggers.offloop import Line, run_off_loop, write_lines
 
 TERMINAL = {"success", "failed", "cancelled"}
+STORE_POLL_SECONDS = 1.0
 
 
 class _SharedReader:
-    """One poller of one producer's control dir, shared by every trigger of that run in this process."""
+    """One poller of one producer's stream (control dir or state store), shared by every trigger of that
+    run in this process."""
 
     readers: dict[str, _SharedReader] = {}
 
-    def __init__(self, path: Path, interval: float) -> None:
-        self.channel = ControlDirChannel(path)
+    def __init__(self, key: str, make: Callable[[], NodeChannel], interval: float) -> None:
+        self.key, self.make = key, make
+        self.channel: NodeChannel | None = None  # made on the poll thread: opening a store blocks
         # The poll runs in a thread of its own (``offloop``): it folds into a private state, and triggers
         # (on the event loop) only see whole snapshots, so none reads a "finished" status before the
         # results that came with it.
@@ -57,25 +63,42 @@ class _SharedReader:
         self.task: asyncio.Task[None] | None = None
 
     @classmethod
-    def attach(cls, path: Path, interval: float) -> _SharedReader:
-        reader = cls.readers.get(str(path))
+    def attach(cls, key: str, make: Callable[[], NodeChannel], interval: float) -> _SharedReader:
+        reader = cls.readers.get(key)
         if reader is None:
-            reader = cls.readers[str(path)] = cls(path, interval)
+            reader = cls.readers[key] = cls(key, make, interval)
         reader.users += 1
         if reader.task is None or reader.task.done():
             reader.task = asyncio.get_running_loop().create_task(reader._loop())
         return reader
 
-    def detach(self) -> None:
+    def detach(self) -> dict[str, int] | None:
+        """Let go; the last user gets the store's request counts of this reader (None on disk)."""
         self.users -= 1
-        if self.users <= 0:
-            self.readers.pop(str(self.channel.path), None)
-            if self.task is not None:
-                self.task.cancel()
+        if self.users > 0:
+            return None
+        self.readers.pop(self.key, None)
+        if self.task is not None:
+            self.task.cancel()
+        return self.channel.store.request_counts() if isinstance(self.channel, StoreChannel) else None
+
+    def _poll(self, state: StreamState) -> bool:
+        """One poll; a failing store is recorded in the state (the triggers give up after a bounded time)."""
+        try:
+            if self.channel is None:
+                self.channel = self.make()
+            changed = self.channel.poll(state)
+        except Exception as exc:
+            state.failing_since = state.failing_since or time.time()
+            changed, state.error = state.error != str(exc), str(exc)
+            return changed
+        if state.error is not None:
+            state.error, state.failing_since, changed = None, None, True
+        return changed
 
     async def _loop(self) -> None:
         while self.users > 0:
-            if await run_off_loop("stream-poll", self.channel.poll, self._polled):
+            if await run_off_loop("stream-poll", self._poll, self._polled):
                 polled = self._polled
                 self.state = replace(polled, results=dict(polled.results))  # every field, a copy
                 self.changed.set()
@@ -105,6 +128,8 @@ class DbtNodeTrigger(BaseTrigger):
         poll_interval: float = 0.5,
         heartbeat_timeout: float = 120.0,
         start_timeout: float = 600.0,
+        state_store: str | None = None,
+        state_store_conn_id: str | None = None,
     ) -> None:
         super().__init__()
         self.unique_id = unique_id
@@ -116,6 +141,7 @@ class DbtNodeTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.start_timeout = start_timeout
+        self.state_store, self.state_store_conn_id = state_store, state_store_conn_id
         self._lines: list[Line] = []  # queued by the decision, written by _flush_log
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -124,6 +150,7 @@ class DbtNodeTrigger(BaseTrigger):
             "producer_task_id": self.producer_task_id, "end_task": self.end_task, "dag_id": self.dag_id,
             "run_id": self.run_id, "try_number": self.try_number, "poll_interval": self.poll_interval,
             "heartbeat_timeout": self.heartbeat_timeout, "start_timeout": self.start_timeout,
+            "state_store": self.state_store, "state_store_conn_id": self.state_store_conn_id,
         })
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
@@ -157,8 +184,9 @@ class DbtNodeTrigger(BaseTrigger):
             await self._flush_log()
             yield resume
             return
-        reader = _SharedReader.attach(path, self.poll_interval)
+        reader = self._attach(path, dag_id, run_id)
         started = time.monotonic()
+        counts = None
         try:
             while True:
                 try:
@@ -170,7 +198,20 @@ class DbtNodeTrigger(BaseTrigger):
                     return
                 await reader.wait(max(self.poll_interval * 4, 1.0))
         finally:
-            reader.detach()
+            counts = reader.detach()
+            if counts:
+                line = f"State store requests of this run's reader: {counts}"
+                await write_lines(self.log, [("info", line)])
+
+    def _attach(self, path: Path, dag_id: str, run_id: str) -> _SharedReader:
+        if not self.state_store:
+            return _SharedReader.attach(str(path), lambda: ControlDirChannel(path), self.poll_interval)
+        setting = StoreSetting(self.state_store, self.state_store_conn_id)
+        prefix = stream_key(dag_id, run_id)
+        # A store bills per request: one list a second per run is enough (results arrive in 1 s batches).
+        return _SharedReader.attach(f"{setting.url}|{'/'.join(prefix)}",
+                                    lambda: StoreChannel(open_store(setting), prefix),
+                                    max(self.poll_interval, STORE_POLL_SECONDS))
 
     def _decide(self, state: StreamState, path: Path, started: float) -> TriggerEvent | None:
         """The task's outcome once the stream tells it, else None (keep waiting)."""
@@ -178,6 +219,10 @@ class DbtNodeTrigger(BaseTrigger):
         finished = status.get("state") in TERMINAL
         node = state.results.get(self.unique_id)
         tests = [state.results[t] for t in self.tests if t in state.results]
+        failing = time.time() - (state.failing_since or time.time())
+        if state.error is not None and failing > self.heartbeat_timeout:
+            return self._end("failed", f"The producer's stream cannot be read for over "
+                             f"{self.heartbeat_timeout:.0f}s: {state.error}")
         if node is not None and (len(tests) == len(self.tests) or finished):
             if state.cancelled and node["status"] not in GOOD and node["status"] != "skipped":
                 self._log_result(node)  # dbt's error here is the cancel's doing, not the node's
@@ -192,14 +237,16 @@ class DbtNodeTrigger(BaseTrigger):
                                 "(not selected there): this task builds it itself")
         if not state.seen:
             if time.monotonic() - started > self.start_timeout:
+                where = f"{self.state_store}/{'/'.join(stream_key(*self._run_identity()[:2]))}" \
+                    if self.state_store else path
                 return self._end("failed", f"The producer task {self.producer_task_id} did not start within "
-                                 f"{self.start_timeout:.0f}s (no {path}); check that task")
+                                 f"{self.start_timeout:.0f}s (no {where}); check that task")
             return None
         if time.time() - float(status.get("heartbeat") or 0) > self.heartbeat_timeout:
+            log = "" if self.state_store else f", and {(current_launch(path) or path) / 'progress.log'}"
             return self._end("failed", f"The producer run stopped reporting for over "
                              f"{self.heartbeat_timeout:.0f}s (host {status.get('host')}, pid "
-                             f"{status.get('pid')}); its log: task {self.producer_task_id}, and "
-                             f"{(current_launch(path) or path) / 'progress.log'}")
+                             f"{status.get('pid')}); its log: task {self.producer_task_id}{log}")
         return None
 
     def _cancelled(self, when: str) -> TriggerEvent:
