@@ -176,3 +176,76 @@ def test_a_sync_producer_streams_to_the_store_as_dbt_finishes_each_node(bag: Any
     _check_boom_run(s3, dr)
     assert not stream_dir(RUNTIME, dr.dag_id, dr.run_id).exists()  # nothing detached, nothing on disk
     _no_secret_on_disk()
+
+
+# -- settings and the producer's variant ---------------------------------------------------------
+def test_the_state_store_setting_comes_from_the_argument_then_env_then_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlh_airflow_common.operators import settings
+    from dlh_airflow_common.state_store import StoreSetting
+
+    for name in (settings.STATE_STORE_ENV, settings.STATE_STORE_CONN_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert settings.state_store(None) is None
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__STATE_STORE", "s3://from-cfg/p")
+    monkeypatch.setenv("AIRFLOW__DLH_DBT__STATE_STORE_CONN_ID", "cfg_conn")
+    assert settings.state_store(None) == StoreSetting("s3://from-cfg/p", "cfg_conn")
+    monkeypatch.setenv(settings.STATE_STORE_ENV, "s3://from-env/p/")
+    monkeypatch.setenv(settings.STATE_STORE_CONN_ENV, "env_conn")
+    assert settings.state_store(None) == StoreSetting("s3://from-env/p", "env_conn")
+    assert settings.state_store("s3://arg/p", "arg_conn") == StoreSetting("s3://arg/p", "arg_conn")
+
+
+def test_the_producer_runs_sync_where_nothing_detached_would_survive_or_be_seen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlh_airflow_common.core.exceptions import DbtException
+    from dlh_airflow_common.operators.producer import SyncProducer, runs_sync
+    from dlh_airflow_common.state_store import StoreSetting
+
+    store = StoreSetting("s3://b-ucket/p", "c")
+    assert not runs_sync(None, None) and not runs_sync(None, store)  # LocalExecutor, shared root declared
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "KubernetesExecutor")  # the pod ends when a task defers
+    assert runs_sync(None, store) and not runs_sync(False, store)
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    monkeypatch.delenv("DLH_DBT_SHARED_RUNTIME_ROOT")  # the triggerer may not see the producer's control dir
+    assert runs_sync(None, store) and runs_sync(True, None)
+    with pytest.raises(DbtException, match="DLH_DBT_STATE_STORE"):
+        SyncProducer.start(None, {}, None)  # type: ignore[arg-type]
+
+
+def test_node_tasks_fail_with_the_cause_when_the_store_goes_away_mid_run(s3: S3Server) -> None:
+    """A second S3 endpoint stops while a node task waits: it fails after its bounded wait, naming why."""
+    import asyncio
+
+    from dlh_airflow_common.core.store_stream import stream_key
+    from dlh_airflow_common.state_store import StoreSetting, open_store
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+
+    other = S3Server().start()
+    try:
+        other.create_bucket(BUCKET)
+        name, value = other.connection_env("dlh_s3_other")
+        os.environ[name] = value
+        store = open_store(StoreSetting(f"s3://{BUCKET}/lost", "dlh_s3_other"))
+        store.put_json({"state": "running", "heartbeat": time.time() + 3600, "batches": 0},
+                       *stream_key("d", "r"), "00000000000000000001-a", "status.json")
+        trigger = DbtNodeTrigger(unique_id="model.p.x", runtime_root="/nonexistent", end_task=False, dag_id="d",
+                                 run_id="r", try_number=1, poll_interval=0.05, heartbeat_timeout=3,
+                                 state_store=f"s3://{BUCKET}/lost", state_store_conn_id="dlh_s3_other")
+
+        async def first() -> tuple[dict[str, Any], float]:
+            async def stop_soon() -> float:
+                await asyncio.sleep(2)  # the trigger has read the running status by now
+                other.stop()
+                return time.monotonic()
+
+            stopping = asyncio.create_task(stop_soon())
+            async for event in trigger.run():
+                return dict(event.payload), time.monotonic() - await stopping
+            raise AssertionError("no event")
+
+        event, after = asyncio.run(asyncio.wait_for(first(), 120))
+    finally:
+        other.stop()
+    assert event["outcome"] == "failed", event
+    assert "cannot be read" in event["message"] and f"s3://{BUCKET}/lost" in event["message"], event
+    assert after < 60, after
