@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.s3server import BUCKET, CONN_ID, SECRET_KEY, S3Server
+from tests.trigger_events import first_event_after
 
 DAG_FILE = Path(__file__).parent / "dags" / "store_streamed_dags.py"
 RUNTIME = Path(os.environ["DLH_DBT_RUNTIME_ROOT"])
@@ -214,8 +215,6 @@ def test_the_producer_runs_sync_where_nothing_detached_would_survive_or_be_seen(
 
 def test_node_tasks_fail_with_the_cause_when_the_store_goes_away_mid_run(s3: S3Server) -> None:
     """A second S3 endpoint stops while a node task waits: it fails after its bounded wait, naming why."""
-    import asyncio
-
     from dlh_airflow_common.core.store_stream import stream_key
     from dlh_airflow_common.state_store import StoreSetting, open_store
     from dlh_airflow_common.triggers.node import DbtNodeTrigger
@@ -232,18 +231,8 @@ def test_node_tasks_fail_with_the_cause_when_the_store_goes_away_mid_run(s3: S3S
                                  run_id="r", try_number=1, poll_interval=0.05, heartbeat_timeout=3,
                                  state_store=f"s3://{BUCKET}/lost", state_store_conn_id="dlh_s3_other")
 
-        async def first() -> tuple[dict[str, Any], float]:
-            async def stop_soon() -> float:
-                await asyncio.sleep(2)  # the trigger has read the running status by now
-                other.stop()
-                return time.monotonic()
-
-            stopping = asyncio.create_task(stop_soon())
-            async for event in trigger.run():
-                return dict(event.payload), time.monotonic() - await stopping
-            raise AssertionError("no event")
-
-        event, after = asyncio.run(asyncio.wait_for(first(), 120))
+        # stopped once the trigger has read the running status
+        event, after = first_event_after(trigger, 2, other.stop, 120)
     finally:
         other.stop()
     assert event["outcome"] == "failed", event

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import CANARY, REPO
 from tests.pgserver import PgServer
+from tests.trigger_events import first_event_after
 
 DAG_FILE = REPO / "tests" / "dags" / "streamed_dbt_dags.py"
 RUNTIME = Path(os.environ["DLH_DBT_RUNTIME_ROOT"])
@@ -141,7 +142,6 @@ def test_trigger_when_the_producer_ends_without_the_node_or_dies(tmp_path: Path)
 
 def test_trigger_fails_promptly_when_the_producer_is_cancelled(tmp_path: Path) -> None:
     """A cancel is marked before dbt stops; a killed producer's dir vanishes: no wait for a heartbeat."""
-    import asyncio
     import shutil
 
     from dlh_airflow_common.triggers.node import DbtNodeTrigger
@@ -160,18 +160,8 @@ def test_trigger_fails_promptly_when_the_producer_is_cancelled(tmp_path: Path) -
     trigger = DbtNodeTrigger(unique_id="model.p.x", runtime_root=str(tmp_path / "killed"), end_task=False,
                              dag_id="d", run_id="r", try_number=1, poll_interval=0.05)
 
-    async def first_after_removal() -> tuple[dict[str, Any], float]:
-        async def remove() -> float:
-            await asyncio.sleep(0.3)  # the trigger has seen the dir by now
-            shutil.rmtree(path)
-            return time.monotonic()
-
-        removal = asyncio.create_task(remove())
-        async for event in trigger.run():
-            return dict(event.payload), time.monotonic() - await removal
-        raise AssertionError("no event")
-
-    gone, after = asyncio.run(asyncio.wait_for(first_after_removal(), 30))
+    # removed once the trigger has seen the dir
+    gone, after = first_event_after(trigger, 0.3, lambda: shutil.rmtree(path), 30)
     assert gone["outcome"] == "failed" and "cancelled before it built" in gone["message"]
     assert after < 10, after  # not the 120 s heartbeat timeout
 
