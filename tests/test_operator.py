@@ -448,3 +448,39 @@ def test_trigger_reports_a_dead_supervisor_with_its_output(tmp_path: Path) -> No
     payload = asyncio.run(asyncio.wait_for(first_event(), 30))
     assert payload["status"] == "error"
     assert "exited without a result" in payload["message"] and "ImportError: boom" in payload["message"]
+
+
+def test_a_detached_producer_gets_the_store_credentials_only_in_its_environment(
+        dags: Any, pg: PgServer, s3: Any) -> None:
+    """Not in argv, not on disk, not in dbt's environment; killed, the run is marked cancelled in the store."""
+    from dlh_airflow_common.core.store import STORE_OPTIONS_ENV
+    from dlh_airflow_common.core.store_stream import stream_key
+    from dlh_airflow_common.core.stream import current_launch, stream_dir
+    from tests.processes import descendants
+    from tests.s3server import BUCKET, CONN_ID, SECRET_KEY
+
+    op = _slow_op(stream_nodes=True, state_store=f"s3://{BUCKET}/secrets", state_store_conn_id=CONN_ID)
+    context = _context("store_secret")
+    thread, errors = start_until_sleeping(lambda: op.execute(context), pg)  # type: ignore[arg-type]
+    try:
+        launch = current_launch(stream_dir(RUNTIME, "store_secret", "manual__kill"))
+        assert launch is not None
+        supervisor = json.loads((launch / "status.json").read_text())["pid"]
+        assert STORE_OPTIONS_ENV.encode() in Path(f"/proc/{supervisor}/environ").read_bytes()
+        for pid in descendants(supervisor):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert SECRET_KEY.encode() not in cmdline, cmdline
+            if pid != supervisor:  # dbt and what it starts: the supervisor took the options out
+                assert STORE_OPTIONS_ENV.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+        for path in RUNTIME.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert SECRET_KEY.encode() not in path.read_bytes(), path
+    finally:
+        op.on_kill()
+        thread.join(60)
+    assert not thread.is_alive() and isinstance(errors[0], DbtCancelledException), errors
+    assert _no_dbt_processes()
+    prefix = f"secrets/{'/'.join(stream_key('store_secret', 'manual__kill'))}/"
+    (status_key,) = [k for k in s3.keys(BUCKET, prefix) if k.endswith("/status.json")]
+    status = json.loads(s3.read(BUCKET, status_key))
+    assert status["state"] == "cancelled" and status.get("cancel_requested"), status
