@@ -210,7 +210,7 @@ def test_the_producer_runs_sync_where_nothing_detached_would_survive_or_be_seen(
     monkeypatch.delenv("DLH_DBT_SHARED_RUNTIME_ROOT")  # the triggerer may not see the producer's control dir
     assert runs_sync(None, store) and runs_sync(True, None)
     with pytest.raises(DbtException, match="DLH_DBT_STATE_STORE"):
-        SyncProducer.start(None, {}, None)  # type: ignore[arg-type]
+        SyncProducer.start(None, {}, None, None)  # type: ignore[arg-type]
 
 
 def test_node_tasks_fail_with_the_cause_when_the_store_goes_away_mid_run(s3: S3Server) -> None:
@@ -238,3 +238,38 @@ def test_node_tasks_fail_with_the_cause_when_the_store_goes_away_mid_run(s3: S3S
     assert event["outcome"] == "failed", event
     assert "cannot be read" in event["message"] and f"s3://{BUCKET}/lost" in event["message"], event
     assert after < 60, after
+
+
+def test_retention_prunes_old_launches_in_the_store_but_not_a_running_one(s3: S3Server) -> None:
+    from dlh_airflow_common.core.retention import Retention
+    from dlh_airflow_common.core.store_retention import maybe_prune_store, prune_store
+    from dlh_airflow_common.core.store_stream import stream_key
+    from dlh_airflow_common.state_store import StoreSetting, open_store
+
+    store = open_store(StoreSetting(f"s3://{BUCKET}/retention", CONN_ID))
+    for run in ("r1", "r2", "r3", "r4"):
+        store.put_json({"state": "success"}, *stream_key("d", run), "00000000000000000001-a", "status.json")
+        store.put(b"{}\n", *stream_key("d", run), "00000000000000000001-a", "nodes", "000001.jsonl")
+
+    def runs() -> set[str]:
+        return {k.split("/")[3] for k in s3.keys(BUCKET, "retention/streams/")}
+
+    keep_two = Retention(max_age=7 * 86400, keep=2, min_age=3600)
+    assert prune_store(store, keep_two) == []  # all younger than min_age
+    removed = prune_store(store, keep_two, now=time.time() + 7200)  # beyond the newest 2, over an hour old
+    assert len(removed) == 2 and len(runs()) == 2, (removed, runs())
+    assert len(prune_store(store, keep_two, now=time.time() + 8 * 86400)) == 2 and not runs()  # past max_age
+
+    store.put(str(time.time()).encode(), *stream_key("d", "alive"), "00000000000000000001-a", "heartbeat")
+    store.put_json({"state": "running"}, *stream_key("d", "alive"), "00000000000000000001-a", "status.json")
+    store.put_json({"state": "failed"}, *stream_key("d", "dead"), "00000000000000000001-a", "status.json")
+    everything_old = Retention(max_age=0, keep=0, min_age=0)
+    assert [r.split("/")[2] for r in prune_store(store, everything_old)] == [stream_key("d", "dead")[2]]
+    assert runs() == {stream_key("d", "alive")[2]}  # its heartbeat is fresh: a producer still running
+
+    throttled = Retention(max_age=0, keep=0, min_age=0, every=600)
+    store.remove(".retention")
+    assert maybe_prune_store(store, throttled) is not None
+    before = store.request_counts()["total"]
+    assert maybe_prune_store(store, throttled) is None  # within `every`: one get, no listing
+    assert store.request_counts()["total"] == before + 1

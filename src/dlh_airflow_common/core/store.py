@@ -18,7 +18,8 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from dlh_airflow_common.core.events import redact
 from dlh_airflow_common.core.exceptions import DbtStateStoreException
@@ -30,6 +31,11 @@ LIST_PAGE = 1000
 # Bounded waits for a store that does not answer: connect, read, and attempts per request (botocore).
 S3_CLIENT_CONFIG: dict[str, Any] = {"connect_timeout": 5, "read_timeout": 15,
                                     "retries": {"max_attempts": 2, "mode": "standard"}}
+
+
+class ObjectInfo(NamedTuple):
+    tag: str  # changes whenever the object is rewritten
+    modified: float  # epoch seconds, by the store's clock
 
 
 class StateStore:
@@ -123,7 +129,11 @@ class StateStore:
             return None
 
     def listing(self, *parts: str) -> dict[str, str]:
-        """Every object below ``parts``: its key relative to them -> its version tag (ETag or mtime)."""
+        """Every object below ``parts``: its key relative to them -> its version tag (ETag and size)."""
+        return {key: info.tag for key, info in self.objects(*parts).items()}
+
+    def objects(self, *parts: str) -> dict[str, ObjectInfo]:
+        """Every object below ``parts``: its key relative to them -> its version tag and modification time."""
         prefix = self.path(*parts)
         self.fs.invalidate_cache(prefix)
         try:
@@ -132,12 +142,14 @@ class StateStore:
         except FileNotFoundError:
             found = {}
         self._count("list", max(1, -(-len(found) // LIST_PAGE)))
-        out: dict[str, str] = {}
+        out: dict[str, ObjectInfo] = {}
         for key, info in found.items():
             rel = str(key)[len(prefix):].lstrip("/")
             if rel and info.get("type", "file") == "file":
-                tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
-                out[rel] = f"{tag}:{info.get('size')}"
+                modified = info.get("LastModified") or info.get("mtime") or 0.0
+                modified = modified.timestamp() if isinstance(modified, datetime) else float(modified)
+                tag = info.get("ETag") or info.get("etag") or modified
+                out[rel] = ObjectInfo(f"{tag}:{info.get('size')}", modified)
         return out
 
     def remove(self, *parts: str) -> None:

@@ -21,7 +21,7 @@ from dlh_airflow_common.airflow_errors import raised_to_airflow
 from dlh_airflow_common.core.detached import ControlDir, copy_artifacts
 from dlh_airflow_common.core.exceptions import DbtException
 from dlh_airflow_common.core.invoke import DbtCommand, DbtTaskResult
-from dlh_airflow_common.core.retention import maybe_prune
+from dlh_airflow_common.core.retention import Retention, maybe_prune
 from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.lineage import emit_node_events
@@ -320,7 +320,7 @@ class DbtOperator(BaseOperator):
 
     def _run(self, context: Context) -> dict[str, Any]:
         started = time.time()
-        maybe_prune(self._root(), settings.retention(self.retention_max_age, self.retention_keep))
+        maybe_prune(self._root(), self._retention())
         plan = self._plan(context)
         store = self._state_store() if self.stream_nodes else None
         sync_producer = self.stream_nodes and producer.runs_sync(self.sync_producer, store)
@@ -333,7 +333,7 @@ class DbtOperator(BaseOperator):
             if sync_producer:
                 self.log.info("Producer runs dbt in this task (sync) and streams node results to %s",
                               store.url if store else None)
-                self._producer = producer.SyncProducer.start(store, context, hook)
+                self._producer = producer.SyncProducer.start(store, context, hook, self._retention())
             command = self._dbt_command(plan)
             try:
                 result = hook.run_dbt_task(command.command, command.select, command.exclude,
@@ -351,6 +351,9 @@ class DbtOperator(BaseOperator):
                 self._producer.end(ended, self.log)
             self._hook = self._producer = None
             shutil.rmtree(capture, ignore_errors=True)
+
+    def _retention(self) -> Retention:
+        return settings.retention(self.retention_max_age, self.retention_keep)
 
     def _state_store(self) -> StoreSetting | None:
         return settings.state_store(self.state_store, self.state_store_conn_id)
@@ -380,7 +383,7 @@ class DbtOperator(BaseOperator):
         else:
             settings.check_detachable(self._root(), in_process=self.in_process)
         hook = self._make_hook(context)
-        in_store = producer.launch_in_store(store, context) if store is not None else None
+        in_store = producer.launch_in_store(store, context, self._retention()) if store is not None else None
         identity = hook.identity or RunIdentity()
         run = DetachedRun(
             project_dir=hook.dbt_project_dir, runtime_root=self._root(), command=self._dbt_command(plan),

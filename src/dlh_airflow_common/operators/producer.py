@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from dlh_airflow_common.core.events import redact
 from dlh_airflow_common.core.exceptions import DbtException
+from dlh_airflow_common.core.retention import Retention
 from dlh_airflow_common.core.store import StateStore
+from dlh_airflow_common.core.store_retention import maybe_prune_store
 from dlh_airflow_common.core.store_stream import StoreStreamWriter, new_launch_name, stream_key
 from dlh_airflow_common.operators import settings
 from dlh_airflow_common.state_store import StoreSetting, open_store
@@ -30,10 +32,14 @@ def runs_sync(sync_producer: bool | None, store: StoreSetting | None) -> bool:
     return store is not None and (settings.ends_worker_on_defer() or not settings.shared_root_declared())
 
 
-def launch_in_store(store: StoreSetting, context: Context) -> tuple[StateStore, tuple[str, ...]]:
-    """Open (and check) the store for this try of the producer; its launch's prefix there."""
+def launch_in_store(store: StoreSetting, context: Context,
+                    retention: Retention) -> tuple[StateStore, tuple[str, ...]]:
+    """Open (and check) the store for this try of the producer, prune old launches there (at most every
+    ``retention.every`` seconds); this launch's prefix."""
     ti = context["ti"]
-    return open_store(store), (*stream_key(str(ti.dag_id), str(ti.run_id)), new_launch_name())
+    opened = open_store(store)
+    maybe_prune_store(opened, retention)
+    return opened, (*stream_key(str(ti.dag_id), str(ti.run_id)), new_launch_name())
 
 
 class SyncProducer:
@@ -44,13 +50,14 @@ class SyncProducer:
         self.cancelled = False
 
     @classmethod
-    def start(cls, store: StoreSetting | None, context: Context, hook: DbtHook) -> SyncProducer:
+    def start(cls, store: StoreSetting | None, context: Context, hook: DbtHook,
+              retention: Retention) -> SyncProducer:
         if store is None:
             raise DbtException(
                 "A sync producer writes node results to the state store, and none is set: set "
                 f"{settings.STATE_STORE_ENV} (or [dlh_dbt] state_store, or state_store=) to "
                 "s3://bucket/prefix with its connection, or use sync_producer=False on a shared runtime root")
-        opened, prefix = launch_in_store(store, context)
+        opened, prefix = launch_in_store(store, context, retention)
         secrets = hook.resolve_profile().secrets
 
         def clean(text: str) -> str:
