@@ -2,11 +2,9 @@
 
 The producer (a detached run, ``core.detached``) appends one JSON line per finished node to
 ``nodes.jsonl`` in its control dir, from dbt's own ``NodeFinished`` events (not from run_results at
-the end). Watchers read it through :class:`NodeChannel`: today :class:`ControlDirChannel` on the
-shared runtime root; an object-storage channel (``s3://``, ``gs://``) only has to implement the
-same two methods (append on the producer side, ``poll`` on the watcher side), so hosts without a
-shared volume can use the mode later. Nothing is written per node anywhere else (no XCom, no
-Variable).
+the end). Watchers read it through :class:`NodeChannel`: :class:`ControlDirChannel` on the
+shared runtime root, or ``core.store_stream.StoreChannel`` when a state store (``s3://``) replaces
+the shared volume. Nothing is written per node anywhere else (no XCom, no Variable).
 """
 
 from __future__ import annotations
