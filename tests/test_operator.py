@@ -196,6 +196,23 @@ def test_retry_resumes_with_dbt_retry(dags: Any, mode: str, capfd: pytest.Captur
     assert ran == {"model.demo.flaky", "model.demo.flaky_child"}  # only the failed node and its child
 
 
+def test_a_retry_on_another_host_resumes_from_the_state_in_the_store(
+        dags: Any, s3: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    from tests.s3server import BUCKET
+
+    flaky = Path(os.environ["DLH_TEST_PROJECT_DIR"]).parent / "flaky.csv"
+    flaky.unlink(missing_ok=True)
+    dr, log = _run_logged(dags, "duck_sync_retry_resume_store", capfd)
+    assert dr.state == "success", log[-4000:]
+    assert _ti(dr).try_number == 2
+    assert "Fetched the previous try's state from the state store" in log, log[-4000:]
+    assert "resumes the previous try's failure with `dbt retry`" in log
+    target = Path(_xcom(dr)["target_dir"])
+    ran = {r["unique_id"] for r in json.loads((target / "run_results.json").read_text())["results"]}
+    assert ran == {"model.demo.flaky", "model.demo.flaky_child"}  # only the failed node and its child
+    assert s3.keys(BUCKET, "retry/") == []  # the success cleared it
+
+
 def test_short_deferrable_run_is_reported_without_deferring(dags: Any,
                                                             capfd: pytest.CaptureFixture[str]) -> None:
     """A resumed task waits MIN_DEFERRAL_SECONDS, so a build that ends sooner is seen from the worker."""

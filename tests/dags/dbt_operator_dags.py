@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,12 @@ UPLOADS = str(Path(PROJECT).parent / "uploads")
 def _make_flaky_pass(context: Any) -> None:
     """on_retry_callback: the cause of the failure goes away before the retry."""
     Path(FLAKY_CSV).write_text("x\n1\n")
+
+
+def _make_flaky_pass_elsewhere(context: Any) -> None:
+    """on_retry_callback: as above, and the retry runs as on another host (no local retry state)."""
+    _make_flaky_pass(context)
+    shutil.rmtree(Path(os.environ["DLH_DBT_RUNTIME_ROOT"]) / "retry_state", ignore_errors=True)
 
 
 def record_failure(context: Any) -> None:
@@ -60,5 +67,10 @@ for mode, deferrable in (("sync", False), ("deferred", True)):
          select="+flaky_child", exclude="test_type:data", vars={"flaky": True},
          env_vars={"DLH_FLAKY_CSV": FLAKY_CSV}, retries=1, retry_delay=timedelta(seconds=0),
          on_retry_callback=_make_flaky_pass)
+# The retry state through the state store (the suite's S3): the retry finds none on its "host".
+_dag("duck_sync_retry_resume_store", command="build", conn_id="duck_ops", select="+flaky_child",
+     exclude="test_type:data", vars={"flaky": True}, env_vars={"DLH_FLAKY_CSV": FLAKY_CSV}, retries=1,
+     retry_delay=timedelta(seconds=0), on_retry_callback=_make_flaky_pass_elsewhere,
+     state_store="s3://dlh-state/retry", state_store_conn_id="dlh_s3")
 # Deferrable, with the default wait before deferring: a short build is reported without deferring.
 _dag("duck_watched_build", command="build", conn_id="duck_ops", deferrable=True, defer_after=None)

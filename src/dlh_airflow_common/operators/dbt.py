@@ -254,7 +254,8 @@ class DbtOperator(BaseOperator):
         return settings.runtime_root(self.runtime_root)
 
     def _retry_state(self, context: Context) -> RetryState:
-        return RetryState.for_task(self._root(), context["ti"])
+        return RetryState.for_task(self._root(), context["ti"],
+                                   self._state_store() if self.retry_from_failure else None)
 
     def _plan(self, context: Context) -> Plan:
         ti = context["ti"]
