@@ -108,6 +108,32 @@ def test_writer_batches_results_and_a_reader_never_takes_a_final_status_before_t
     assert held.status is None and not held.seen
 
 
+def test_a_reader_sees_batches_another_process_writes_while_it_polls(s3: S3Server) -> None:
+    """s3fs caches dir listings: a reader whose cache predates a batch must still get it (seen in the bench:
+    node tasks waited forever for batches a detached producer wrote after the reader's first poll)."""
+    import s3fs
+
+    from dlh_airflow_common.core.store import StateStore
+    from dlh_airflow_common.core.store_stream import StoreChannel, StoreStreamWriter, stream_key
+    from dlh_airflow_common.core.stream import StreamState
+    from dlh_airflow_common.state_store import StoreSetting, open_store
+
+    elsewhere = s3fs.S3FileSystem(key="k", secret="s", endpoint_url=s3.endpoint, skip_instance_cache=True)
+    writer = StoreStreamWriter(StateStore(elsewhere, f"s3://{BUCKET}/elsewhere"),
+                               (*stream_key("d", "r"), "00000000000000000001-a"))
+    reader = StoreChannel(open_store(StoreSetting(f"s3://{BUCKET}/elsewhere", CONN_ID)), stream_key("d", "r"))
+    state = StreamState()
+    writer.start(pid=1)
+    for i in range(6):
+        writer(_event("NodeFinished", f"model.p.m{i}"))
+        writer.mark_now()  # a batch now, as a second of dbt would
+        reader.poll(state)
+        assert len(state.results) == i + 1, (i, sorted(state.results))
+    writer.close(state="success")
+    reader.poll(state)
+    assert state.status is not None and state.status["state"] == "success"
+
+
 # -- streamed DAG runs through the store ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def bag(airflow_db: None, s3: S3Server) -> Any:

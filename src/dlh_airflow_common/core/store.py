@@ -112,9 +112,11 @@ class StateStore:
     def get(self, *parts: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
         self._count("get")
+        path = self.path(*parts)
+        self.fs.invalidate_cache(path)  # its dir's cached listing may predate the object (another writer)
         try:
             with self._errors(f"reading {'/'.join(parts)}"):
-                data: bytes = self.fs.cat_file(self.path(*parts))
+                data: bytes = self.fs.cat_file(path)
                 return data
         except FileNotFoundError:
             return None
@@ -135,7 +137,9 @@ class StateStore:
     def objects(self, *parts: str) -> dict[str, ObjectInfo]:
         """Every object below ``parts``: its key relative to them -> its version tag and modification time."""
         prefix = self.path(*parts)
-        self.fs.invalidate_cache(prefix)
+        # All of it: s3fs caches the listings of the dirs below too, and would then answer a get of an
+        # object another process wrote since with "not found", without asking the store.
+        self.fs.invalidate_cache()
         try:
             with self._errors(f"listing {'/'.join(parts)}"):
                 found = self.fs.find(prefix, detail=True)
