@@ -306,7 +306,7 @@ def timeline(meta: Any, where: str, created: dict[int, datetime], runtime: Path,
 def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, dict[str, Any]],
              rows: dict[str, Row], rounds: int, timeout: float, watch: Watch | None = None,
              cosmos: str | None = None, triggerers: int = 1, what_if_dag_cache: bool = False,
-             probe_supervisor: bool = False) -> None:
+             probe_supervisor: bool = False, store_env: dict[str, str] | None = None) -> None:
     """Run each DAG ``rounds`` times under one stack; ``cosmos``: that venv's python runs the stack
     (the Cosmos DAGs), and a failed run is a result (Cosmos LOCAL on DuckDB), not an error."""
     name = "cosmos" if cosmos else "ours"
@@ -315,6 +315,7 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
     spec.write_text(json.dumps(dags))
     pg.execute(f"create database {meta_db}")
     env = stack_env(root / name, pg, spec, conns, BENCH / ("dags_cosmos" if cosmos else "dags"), meta_db)
+    env.update(store_env or {})
     if triggerers > 1:  # each takes up to its capacity of a run's triggers (about one per model): share
         most = max(int(d.get("models", 1)) for d in dags)
         env["AIRFLOW__TRIGGERER__CAPACITY"] = str(int(most * 1.1) // triggerers + 1)
@@ -409,6 +410,8 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
                       f"(tail {row.tails[-1]:.1f}s{producer}; loadavg {_load()})", flush=True)
                 if probe_supervisor:
                     print("    " + _probed(probe), flush=True)
+                if store_env:
+                    print("    " + _store_requests(runtime, stack.home, dag["dag_id"], run_id), flush=True)
     finally:
         left = stack.stop()
         if left:
@@ -442,6 +445,27 @@ def _failed_run(meta: Any, where: str, home: Path, row: Row) -> float:
             break
     row.note = f"run failed, task states {states}{cause}"
     return float((end - start).total_seconds())
+
+
+def _store_requests(runtime: Path, home: Path, dag_id: str, run_id: str) -> str:
+    """State store requests of one streamed run: its producer's (from its control dir) and its readers'
+    (each shared reader logs its count as its last trigger ends; summed over the run's task logs)."""
+    from dlh_airflow_common.core.stream import current_launch, stream_dir
+
+    launch = current_launch(stream_dir(runtime, dag_id, run_id))
+    status = json.loads((launch / "status.json").read_text()) if launch else {}
+    readers: dict[str, int] = {}
+    marker = "State store requests of this run's reader: "
+    for path in (home / "logs").rglob("*"):
+        if not path.is_file() or f"dag_id={dag_id}" not in str(path) or f"run_id={run_id}" not in str(path):
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if marker in line:
+                text = line.split(marker, 1)[1]
+                counts = json.loads(text[:text.index("}") + 1].replace("'", '"'))
+                for kind, n in counts.items():
+                    readers[kind] = readers.get(kind, 0) + int(n)
+    return f"state store requests: producer {status.get('store_requests')}, node readers {readers}"
 
 
 def _load() -> str:
@@ -493,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-interval", type=int, default=1,
                         help="[workers] min_heartbeat_interval of every stack, whole seconds >= 1 "
                         "(Airflow reads an int; its default: 5)")
+    parser.add_argument("--state-store", choices=["s3"], help="streamed node results through a state store: "
+                        "a moto S3 server on loopback (tests/s3server.py); prints request counts per run")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (task logs, projects)")
     parser.add_argument("--cosmos-max", type=int, default=100,
                         help="largest size that also runs Cosmos 1.15 LOCAL and WATCHER (bench-only venv, "
@@ -510,6 +536,16 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(tempfile.mkdtemp(prefix="dlh-bench-pernode-"))
     pg = PgServer().init().start()
+    s3, store_env = None, None
+    if args.state_store:
+        from tests.s3server import BUCKET, CONN_ID, S3Server
+
+        s3 = S3Server().start()
+        s3.create_bucket(BUCKET)
+        conn_var, conn = s3.connection_env()
+        store_env = {"DLH_DBT_STATE_STORE": f"s3://{BUCKET}/bench", "DLH_DBT_STATE_STORE_CONN_ID": CONN_ID,
+                     conn_var: conn}
+        print(f"state store: s3://{BUCKET}/bench on {s3.endpoint}", flush=True)
     rows: dict[str, Row] = {}
     dags: list[dict[str, Any]] = []
     cosmos_dags: list[dict[str, Any]] = []
@@ -572,12 +608,14 @@ def main(argv: list[str] | None = None) -> int:
         if dags:
             run_dags(root, pg, dags, conns, rows, args.rounds, timeout=3600, watch=watch,
                      triggerers=args.triggerers, what_if_dag_cache=args.what_if_dag_cache,
-                     probe_supervisor=args.probe_supervisor)
+                     probe_supervisor=args.probe_supervisor, store_env=store_env)
         if cosmos_dags:
             run_dags(root, pg, cosmos_dags, {}, rows, args.rounds, timeout=3600, cosmos=cosmos_python(),
                      probe_supervisor=args.probe_supervisor)
     finally:
         pg.destroy()
+        if s3 is not None:
+            s3.stop()
         if args.keep:
             print(f"kept {root} (task logs under airflow*/logs)")
         else:
