@@ -501,3 +501,25 @@ def test_a_detached_producer_gets_the_store_credentials_only_in_its_environment(
     (status_key,) = [k for k in s3.keys(BUCKET, prefix) if k.endswith("/status.json")]
     status = json.loads(s3.read(BUCKET, status_key))
     assert status["state"] == "cancelled" and status.get("cancel_requested"), status
+
+
+def test_a_deferred_run_is_watched_and_resumed_through_the_store(
+        dags: Any, s3: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """No shared runtime root declared: the trigger and the resumed task read only the store."""
+    from tests.s3server import BUCKET
+
+    monkeypatch.delenv("DLH_DBT_SHARED_RUNTIME_ROOT")
+    dr, log = _run_logged(dags, "duck_deferred_build_store", capfd)
+    assert dr.state == "success", log[-4000:]
+    assert _xcom(dr)["summary"]["counts"].get("success"), _xcom(dr)
+    # the resumed task reported from the artifacts it fetched from the store
+    up = Path(os.environ["DLH_TEST_PROJECT_DIR"]).parent / "uploads" / dr.dag_id / "dbt" / dr.run_id / "try1"
+    assert (up / "run_results.json.gz").is_file() and (up / "manifest.json.gz").is_file()
+    # the progress came through the store (relayed by the trigger), and the run's objects went on resume
+    assert "dbt summary:" in log or "Completed successfully" in log, log[-3000:]
+    assert s3.keys(BUCKET, "deferred-test/deferred/") == []
+    deadline = time.monotonic() + 15  # the supervisor removes its local dir: the task resumed from the store
+    while time.monotonic() < deadline and any(
+            "duck_deferred_build_store" in p.read_text() for p in (RUNTIME / "deferred").glob("*/spec.json")):
+        time.sleep(0.2)
+    assert not any("duck_deferred_build_store" in p.read_text() for p in (RUNTIME / "deferred").glob("*/spec.json"))

@@ -72,5 +72,9 @@ _dag("duck_sync_retry_resume_store", command="build", conn_id="duck_ops", select
      exclude="test_type:data", vars={"flaky": True}, env_vars={"DLH_FLAKY_CSV": FLAKY_CSV}, retries=1,
      retry_delay=timedelta(seconds=0), on_retry_callback=_make_flaky_pass_elsewhere,
      state_store="s3://dlh-state/retry", state_store_conn_id="dlh_s3")
+# Deferred at once and watched through the state store (the suite's S3); artifacts uploaded on resume.
+_dag("duck_deferred_build_store", command="build", conn_id="duck_ops", deferrable=True, select="+stg_customers",
+     upload_artifacts=True, artifacts_destination=f"file://{UPLOADS}",
+     state_store="s3://dlh-state/deferred-test", state_store_conn_id="dlh_s3")
 # Deferrable, with the default wait before deferring: a short build is reported without deferring.
 _dag("duck_watched_build", command="build", conn_id="duck_ops", deferrable=True, defer_after=None)

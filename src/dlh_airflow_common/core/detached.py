@@ -49,7 +49,7 @@ from dlh_airflow_common.core.retention import CURRENT_LINK, ActiveMark
 from dlh_airflow_common.core.runners import SubprocessRunner
 from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.core.safefs import ensure_dir, remove_tree, secure_root, touch
-from dlh_airflow_common.core.store import store_from_env
+from dlh_airflow_common.core.store import StateStore, store_from_env
 from dlh_airflow_common.core.store_stream import StoreStreamWriter
 from dlh_airflow_common.core.stream import NODE_RESULTS, NodeResultWriter, NodeTally, current_launch
 
@@ -267,6 +267,7 @@ class DetachedSpec:
     store_url: str | None = None
     store_protocol: str | None = None
     store_prefix: list[str] | None = None
+    control_key: list[str] | None = None  # a deferred run mirrored to the store (core.store_control)
 
 
 def launch(spec: DetachedSpec, runtime_root: Path, secret_env: Mapping[str, str],
@@ -331,7 +332,9 @@ def _supervise(ctl: ControlDir) -> int:
         return redact(text, secrets)
 
     tally = NodeTally(clean)  # in the status file: what a killed watcher reports if dbt's summary is late
-    stored = _store_writer(spec, clean, lambda why: _lost_store(why, invoker))
+    store = store_from_env(spec.store_url, spec.store_protocol or "s3") if spec.store_url else None
+    stored = _store_writer(spec, store, clean, lambda why: _lost_store(why, invoker))
+    mirror = _control_mirror(spec, store, ctl)
     writer = NodeResultWriter(ctl.path / NODE_RESULTS, clean) if spec.stream_nodes and not stored else None
 
     def on_event(event: dict[str, Any]) -> None:
@@ -387,6 +390,8 @@ def _supervise(ctl: ControlDir) -> int:
     try:
         if stored is not None:
             stored.start(pid=os.getpid(), launched=time.time())
+        if mirror is not None:
+            mirror.start()
         threading.Thread(target=watch, daemon=True).start()
         result = invoker.invoke(DbtCommand(**spec.command))
         ctl.write_status(state="success", result=result.to_dict(), finished=time.time())
@@ -404,17 +409,32 @@ def _supervise(ctl: ControlDir) -> int:
         stop.set()
         if stored is not None:
             _close_store(ctl, stored, final)
+        if mirror is not None:
+            try:
+                mirror.close()
+                if mirror.watched:  # the task resumes from the store, on any host: nobody reads this dir
+                    touch(ctl.abandoned_flag)
+            except Exception as exc:
+                print(f"Could not write the final status to the state store: {exc}", flush=True)
         if ctl.abandoned_flag.exists():  # a killed task: no one will resume it to read this dir
             ctl.remove()
 
 
-def _store_writer(spec: DetachedSpec, clean: Callable[[str], str],
+def _store_writer(spec: DetachedSpec, store: StateStore | None, clean: Callable[[str], str],
                   on_lost: Callable[[str], None]) -> StoreStreamWriter | None:
     """The writer of this launch's node results in the state store, when the spec names one."""
-    if not (spec.stream_nodes and spec.store_url and spec.store_prefix):
+    if not (spec.stream_nodes and store is not None and spec.store_prefix):
         return None
-    store = store_from_env(spec.store_url, spec.store_protocol or "s3")
     return StoreStreamWriter(store, tuple(spec.store_prefix), clean, on_lost=on_lost)
+
+
+def _control_mirror(spec: DetachedSpec, store: StateStore | None, ctl: ControlDir) -> Any:
+    """The mirror of this control dir in the state store, for watchers on other hosts (or None)."""
+    if store is None or not spec.control_key:
+        return None
+    from dlh_airflow_common.core.store_control import ControlMirror  # it builds on this module
+
+    return ControlMirror(store, tuple(spec.control_key), ctl)
 
 
 def _lost_store(why: str, invoker: DbtInvoker) -> None:

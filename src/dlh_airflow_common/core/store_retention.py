@@ -1,6 +1,7 @@
-"""Retention in the state store: old producer launches go, as their control dirs do on disk.
+"""Retention in the state store: old launches go, as their control dirs do on disk.
 
-The same policy as ``core.retention`` (``Retention``): a launch under ``streams/<dag>/<run>/`` goes
+The same policy as ``core.retention`` (``Retention``), per kind: a producer launch under
+``streams/<dag>/<run>/``, or a deferred run's mirror under ``deferred/`` (a killed or lost task's), goes
 when it is older than ``max_age``, or beyond the newest ``keep`` and older than ``min_age``, unless
 its heartbeat object is fresh (a producer still running). Age is the newest modification time of the
 launch's objects, by the store's clock. At most once per ``every`` seconds per store prefix (a stamp
@@ -18,19 +19,24 @@ from dlh_airflow_common.core.store_stream import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
-STREAMS = "streams"
 STAMP = ".retention"
-LAUNCH_DEPTH = 3  # <dag>/<run>/<launch>
+KINDS = {"streams": 3, "deferred": 1}  # prefix -> how many key parts below it name one launch
 
 
 def prune_store(store: StateStore, policy: Retention, now: float | None = None) -> list[str]:
     """Remove the launches ``policy`` does not keep; return their keys (relative to the store's base)."""
-    now = time.time() if now is None else now
+    removed = []
+    for kind, depth in KINDS.items():
+        removed += _prune_kind(store, policy, kind, depth, time.time() if now is None else now)
+    return removed
+
+
+def _prune_kind(store: StateStore, policy: Retention, kind: str, depth: int, now: float) -> list[str]:
     launches: dict[str, list[tuple[str, ObjectInfo]]] = {}
-    for key, info in store.objects(STREAMS).items():
+    for key, info in store.objects(kind).items():
         parts = key.split("/")
-        if len(parts) > LAUNCH_DEPTH:
-            launch, rest = "/".join(parts[:LAUNCH_DEPTH]), "/".join(parts[LAUNCH_DEPTH:])
+        if len(parts) > depth:
+            launch, rest = "/".join(parts[:depth]), "/".join(parts[depth:])
             launches.setdefault(launch, []).append((rest, info))
     dated = sorted(((max(i.modified for _, i in objs), launch, objs) for launch, objs in launches.items()),
                    reverse=True)
@@ -42,8 +48,8 @@ def prune_store(store: StateStore, policy: Retention, now: float | None = None) 
         beat = dict(objs).get(HEARTBEAT)
         if beat is not None and now - beat.modified < HEARTBEAT_ALIVE:
             continue  # a producer still running (with a min_age below HEARTBEAT_ALIVE)
-        store.remove(STREAMS, launch)
-        removed.append(f"{STREAMS}/{launch}")
+        store.remove(kind, launch)
+        removed.append(f"{kind}/{launch}")
     return removed
 
 
@@ -59,5 +65,5 @@ def maybe_prune_store(store: StateStore, policy: Retention) -> list[str] | None:
         log.warning("State store retention skipped: %s", exc)
         return None
     if removed:
-        log.info("State store retention removed %d old producer launches from %s", len(removed), store.url)
+        log.info("State store retention removed %d old launches from %s", len(removed), store.url)
     return removed

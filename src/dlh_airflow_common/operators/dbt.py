@@ -23,6 +23,7 @@ from dlh_airflow_common.core.exceptions import DbtException
 from dlh_airflow_common.core.invoke import DbtCommand, DbtTaskResult
 from dlh_airflow_common.core.retention import Retention, maybe_prune
 from dlh_airflow_common.core.runtime import RunIdentity
+from dlh_airflow_common.core.store_control import StoreControl, control_key
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.lineage import emit_node_events
 from dlh_airflow_common.links import DbtArtifactsLink, DbtDocsLink
@@ -35,7 +36,7 @@ from dlh_airflow_common.operators.deferral import (
 )
 from dlh_airflow_common.operators.reporting import Reporter
 from dlh_airflow_common.operators.retry_state import Plan, RetryState
-from dlh_airflow_common.state_store import StoreSetting
+from dlh_airflow_common.state_store import StoreSetting, open_store
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -380,11 +381,13 @@ class DbtOperator(BaseOperator):
                store: StoreSetting | None = None) -> dict[str, Any]:
         if self.stream_nodes:  # named as the user asked for it: DbtProject(execution="streamed")
             settings.check_detachable(self._root(), in_process=self.in_process, what='execution="streamed"',
-                                      instead='execution="isolated"')
+                                      instead='execution="isolated"', store=store is not None)
         else:
-            settings.check_detachable(self._root(), in_process=self.in_process)
+            store = self._state_store()  # the control dir is mirrored there for the trigger and the resume
+            settings.check_detachable(self._root(), in_process=self.in_process, store=store is not None)
         hook = self._make_hook(context)
         in_store = producer.launch_in_store(store, context, self._retention()) if store is not None else None
+        mirrored = control_key(in_store[1][-1]) if in_store is not None and not self.stream_nodes else ()
         identity = hook.identity or RunIdentity()
         run = DetachedRun(
             project_dir=hook.dbt_project_dir, runtime_root=self._root(), command=self._dbt_command(plan),
@@ -394,7 +397,7 @@ class DbtOperator(BaseOperator):
             venv_path=self.venv_path, dbt_executable=self.dbt_executable, cancel_grace=self.cancel_grace,
             unwatched_timeout=settings.unwatched_timeout(self.unwatched_timeout),
             stream_to=streamed.producer_dir(self._root(), context) if self.stream_nodes else None,
-            store=store, store_prefix=in_store[1] if in_store else (),
+            store=store, store_prefix=in_store[1] if in_store else (), control_key=mirrored,
         )
         ctl = run.launch()
         self.log.info("dbt %s started detached (control dir %s)", plan.command, ctl.path)
@@ -414,7 +417,11 @@ class DbtOperator(BaseOperator):
                 control_dir=str(ctl.path), check_interval=self.check_interval,
                 timeout_at=trigger_deadline(self.timeout), cancel_grace=self.cancel_grace,
                 started_at=started, resume_not_before=time.time() + MIN_DEFERRAL_SECONDS,
-                progress_offset=relayed,
+                # through the store, progress comes in objects: the trigger relays them from the first
+                progress_offset=0 if mirrored else relayed,
+                state_store=store.url if mirrored and store else None,
+                state_store_conn_id=store.conn_id if mirrored and store else None,
+                store_key=list(mirrored) or None,
             ),
             method_name="execute_complete",
         )
@@ -429,19 +436,38 @@ class DbtOperator(BaseOperator):
             if streamed.outcome(event):
                 return self._run(context)  # the producer did not build the node: build it here
             return {"unique_id": self.dbt_unique_id, "outcome": event["outcome"]}
+        if event.get("store_key"):
+            return self._complete_from_store(context, event)
         ctl = ControlDir(Path(event["control_dir"]))
-        seconds = time.time() - float(event.get("started_at") or time.time())
         try:
-            if event.get("status") == "success":
-                reporter = self._reporter(context, self._make_hook(context))
-                self._lineage = reporter.success(event["result"], ctl.artifacts, seconds)
-                return dict(event["result"])
-            exc = exception_from_event(event, self.command, self.timeout)
-            self._lineage = self._report_failure(context, exc, ctl.artifacts, seconds)
-            raise exc
+            return self._report(context, event, ctl.artifacts)
         finally:
             if not self.stream_nodes:  # a producer's dir outlives it: late node tasks still read it
                 ctl.remove()
+
+    def _complete_from_store(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """A run watched through the state store: its artifacts come from there, on any host."""
+        store = self._state_store()
+        if store is None:
+            raise DbtException("This task's run was watched through a state store, and none is set now")
+        ctl = StoreControl(open_store(store), tuple(event["store_key"]))
+        artifacts = Path(tempfile.mkdtemp(prefix="dbt-artifacts-"))
+        try:
+            return self._report(context, event, ctl.fetch_artifacts(artifacts))
+        finally:
+            shutil.rmtree(artifacts, ignore_errors=True)
+            ctl.remove()
+
+    def _report(self, context: Context, event: dict[str, Any], artifacts: Path) -> dict[str, Any]:
+        """Same results, errors and metrics as a synchronous run, from a detached run's outcome."""
+        seconds = time.time() - float(event.get("started_at") or time.time())
+        if event.get("status") == "success":
+            reporter = self._reporter(context, self._make_hook(context))
+            self._lineage = reporter.success(event["result"], artifacts, seconds)
+            return dict(event["result"])
+        exc = exception_from_event(event, self.command, self.timeout)
+        self._lineage = self._report_failure(context, exc, artifacts, seconds)
+        raise exc
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage provider hook: the task's inputs/outputs; per-node events are emitted too."""

@@ -46,6 +46,7 @@ class DetachedRun:
     stream_to: Path | None = None  # a producer: its DAG run's stream dir, where node results stream
     store: StoreSetting | None = None  # a producer with a state store: node results go there instead
     store_prefix: tuple[str, ...] = ()  # this launch's prefix in the store
+    control_key: tuple[str, ...] = ()  # a deferred run mirrored to the store: its key (core.store_control)
 
     def launch(self) -> ControlDir:
         """Write the spec (0600, in a 0700 control dir) and start the supervisor; return its dir."""
@@ -65,9 +66,10 @@ class DetachedRun:
             unwatched_timeout=self.unwatched_timeout, stream_nodes=self.stream_to is not None,
         )
         secret_env = dict(profile.secret_env)
-        if self.store is not None and self.stream_to is not None:
+        if self.store is not None and (self.stream_to is not None or self.control_key):
             spec.store_url, spec.store_protocol = self.store.url, self.store.protocol
-            spec.store_prefix = list(self.store_prefix)
+            spec.store_prefix = list(self.store_prefix) if self.stream_to is not None else None
+            spec.control_key = list(self.control_key) or None
             secret_env.update(supervisor_env(self.store))  # its credentials: the environment only
         return launch(spec, self.runtime_root, secret_env, stream=self.stream_to)
 

@@ -94,7 +94,7 @@ def project_dir(task_id: str, given: str | None) -> str:
 
 
 def check_detachable(root: Path, *, in_process: bool, what: str = "deferrable=True",
-                     instead: str = "deferrable=False") -> None:
+                     instead: str = "deferrable=False", store: bool = False) -> None:
     """Refuse, with the reason and the fix, to run dbt detached where a watcher could not see it."""
     if ends_worker_on_defer():
         raise DbtException(
@@ -104,7 +104,7 @@ def check_detachable(root: Path, *, in_process: bool, what: str = "deferrable=Tr
     if in_process:
         raise DbtException(f"{what} needs a dbt process that outlives the worker; in_process=True cannot "
                            "defer")
-    if not shared_root_declared():
+    if not store and not shared_root_declared():  # a state store replaces the shared volume
         raise DbtException(
             f"{what} needs the runtime root {root} visible to the triggerer and to the worker that "
             f"resumes the task. Mount it on a volume shared by workers and triggerers (on a single host "

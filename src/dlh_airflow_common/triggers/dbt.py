@@ -26,6 +26,8 @@ from dlh_airflow_common.core.detached import (
     partial_summary,
     whole_lines,
 )
+from dlh_airflow_common.core.store_control import StoreControl
+from dlh_airflow_common.state_store import StoreSetting, open_store
 from dlh_airflow_common.triggers.offloop import write_lines
 
 STATUS_POLL_SECONDS = 0.5
@@ -45,6 +47,9 @@ class DbtExecutionTrigger(BaseTrigger):
         started_at: float | None = None,
         resume_not_before: float | None = None,
         progress_offset: int = 0,
+        state_store: str | None = None,
+        state_store_conn_id: str | None = None,
+        store_key: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.control_dir = control_dir
@@ -60,7 +65,11 @@ class DbtExecutionTrigger(BaseTrigger):
         self.started_at = started_at  # when the task started (wall clock): the resumed task's duration
         # How much of progress.log the task already relayed (it watched the run a while itself).
         self.progress_offset = progress_offset
+        # A run mirrored to the state store (core.store_control): read there, never on the runtime root.
+        self.state_store, self.state_store_conn_id = state_store, state_store_conn_id
+        self.store_key = store_key
         self._stamped = -WATCHED_STAMP_SECONDS
+        self._control: ControlDir | StoreControl | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -75,14 +84,27 @@ class DbtExecutionTrigger(BaseTrigger):
                 "started_at": self.started_at,
                 "resume_not_before": self.resume_not_before,
                 "progress_offset": self.progress_offset,
+                "state_store": self.state_store,
+                "state_store_conn_id": self.state_store_conn_id,
+                "store_key": self.store_key,
             },
         )
 
     @property
-    def _ctl(self) -> ControlDir:
+    def _ctl(self) -> ControlDir | StoreControl:
+        if self._control is None:
+            self._control = self._open()
+        return self._control
+
+    def _open(self) -> ControlDir | StoreControl:
+        """The run's control files: its dir on the runtime root, or its objects in the state store."""
+        if self.store_key and self.state_store:
+            store = open_store(StoreSetting(self.state_store, self.state_store_conn_id))
+            return StoreControl(store, tuple(self.store_key))
         return ControlDir(Path(self.control_dir))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        self._control = await asyncio.to_thread(self._open)  # a store lookup blocks: not on the loop
         async for event in self._watch():
             if self.resume_not_before is not None:
                 await asyncio.sleep(max(0.0, self.resume_not_before - time.time()))
@@ -92,7 +114,7 @@ class DbtExecutionTrigger(BaseTrigger):
     async def _watch(self) -> AsyncIterator[TriggerEvent]:
         started = time.monotonic()
         ctl = self._ctl
-        seen: tuple[int, int, int] | None = None
+        seen: object = None
         next_check = 0.0
         while True:
             await self._still_watching()
@@ -108,9 +130,9 @@ class DbtExecutionTrigger(BaseTrigger):
                     yield TriggerEvent({
                         "status": "error", "control_dir": self.control_dir, "started_at": self.started_at,
                         "message": (
-                            f"The triggerer cannot see {ctl.status}. Deferrable dbt needs the runtime "
-                            "root on a volume shared by workers and triggerers (or one host); mount it "
-                            "there or use deferrable=False."
+                            f"The triggerer cannot see {ctl.path}/status.json. Deferrable dbt needs the "
+                            "runtime root on a volume shared by workers and triggerers (or one host), or a "
+                            "state store (state_store=s3://...); set one up or use deferrable=False."
                         ),
                     })
                     return
@@ -123,10 +145,11 @@ class DbtExecutionTrigger(BaseTrigger):
                 if final.get("state") in TERMINAL:
                     yield self._event(final)
                     return
-                yield self._error(f"The dbt supervisor (pid {status.get('pid')}) exited without a result.")
+                pid = status.get("pid")
+                yield await self._error(f"The dbt supervisor (pid {pid}) exited without a result.")
                 return
             elif time.time() - float(status.get("heartbeat") or 0) > self.heartbeat_timeout:
-                yield self._error(
+                yield await self._error(
                     f"The dbt run on host {status.get('host')} (pid {status.get('pid')}) stopped reporting "
                     f"for over {self.heartbeat_timeout:.0f}s: its worker was probably lost (a deleted pod, "
                     "a restarted machine).")
@@ -145,8 +168,8 @@ class DbtExecutionTrigger(BaseTrigger):
         lines, self.progress_offset = await asyncio.to_thread(self._ctl.progress_since, self.progress_offset)
         await write_lines(self.log, [("info", line) for line in lines])
 
-    def _error(self, message: str) -> TriggerEvent:
-        tail = self._ctl.progress_tail()
+    async def _error(self, message: str) -> TriggerEvent:
+        tail = await asyncio.to_thread(self._ctl.progress_tail)
         if tail:
             message += f"\n--- last output of the run ---\n{tail}"
         return TriggerEvent({"status": "error", "control_dir": self.control_dir, "message": message,
@@ -184,7 +207,10 @@ class DbtExecutionTrigger(BaseTrigger):
         SIGKILL, its run dir, and this control dir, as no task will resume.
         """
         await write_lines(self.log, [("warning", "Deferred dbt task killed; asking the dbt run to cancel")])
-        ctl = self._ctl
+        if self.store_key:
+            await self._on_kill_in_store()
+            return
+        ctl = ControlDir(Path(self.control_dir))
         try:  # opened first: the supervisor removes the dir (and the file's name) as it exits
             progress = await asyncio.to_thread(ctl.progress.open, "rb")
         except OSError:
@@ -223,6 +249,35 @@ class DbtExecutionTrigger(BaseTrigger):
             finally:
                 if progress is not None:
                     progress.close()
+
+
+    async def _on_kill_in_store(self) -> None:
+        """``on_kill`` for a run watched through the state store: abandon it, relay its last lines."""
+        if self._control is None:
+            self._control = await asyncio.to_thread(self._open)
+        ctl = self._control
+        last: dict[str, Any] = {}
+        summarised = False
+        try:
+            first = await asyncio.to_thread(ctl.read_status)
+            last = first or {}
+            await asyncio.to_thread(ctl.abandon)
+            deadline = time.monotonic() + min(self.cancel_grace + 5, _on_kill_budget())
+            while time.monotonic() < deadline:
+                status = await asyncio.to_thread(ctl.read_status)
+                last = status or last
+                lines, self.progress_offset = await asyncio.to_thread(ctl.progress_since,
+                                                                      self.progress_offset)
+                summarised = summarised or any(line.startswith(SUMMARY_PREFIX) for line in lines)
+                await write_lines(self.log, [("info", line) for line in lines])
+                if status is None or status.get("state") in TERMINAL:
+                    return
+                await asyncio.sleep(1.0)
+        finally:
+            if not summarised and last:
+                await write_lines(self.log, [
+                    ("warning", "dbt's own summary has not arrived yet; what the run had reported when it "
+                                "was killed:"), *(("warning", line) for line in partial_summary(last))])
 
 
 def _on_kill_budget() -> float:
