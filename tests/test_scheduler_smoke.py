@@ -111,6 +111,14 @@ class Smoke:
         return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob("attempt=1.log*")))
 
 
+def shut_down(smoke: Smoke, label: str, started: float) -> list[int]:
+    """Stop the stack, print its phases, drop its metadata DB; the pids that survived (none expected)."""
+    survivors = smoke.stack.stop()
+    print(f"{label}: {', '.join(smoke.phases)}; stack {time.monotonic() - started:.1f}s")
+    smoke.pg.execute(f"drop database if exists {smoke.meta_db} with (force)")
+    return survivors
+
+
 def stack_env(pg: PgServer, home: Path, runtime: Path, api_port: int, meta_db: str = META_DB,
               dags: Path = SMOKE_DAGS) -> dict[str, str]:
     """The child processes' environment: fresh AIRFLOW_HOME, metadata DB on the test PostgreSQL."""

@@ -28,7 +28,16 @@ from tests.conftest import CANARY, needs_airflow
 from tests.pgserver import PgServer, free_port
 from tests.processes import dbt_processes, no_dbt_processes
 from tests.render_project import SLOW_SECONDS, load_external, make_render_project, make_slow_project
-from tests.test_scheduler_smoke import SMOKE_DAGS, AirflowStack, Smoke, _trigger, _wait, boot, stack_env
+from tests.test_scheduler_smoke import (
+    SMOKE_DAGS,
+    AirflowStack,
+    Smoke,
+    _trigger,
+    _wait,
+    boot,
+    shut_down,
+    stack_env,
+)
 
 META_DB = "airflow_meta_streamed"
 STREAMED, STREAMED_PG = "smoke_streamed_dbt", "smoke_streamed_pg"
@@ -92,9 +101,7 @@ def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
         _wait("the api-server to be healthy", stack.api_healthy, stack, timeout=90)
         yield smoke
     finally:
-        survivors = stack.stop()
-        print(f"per-node smoke: {', '.join(smoke.phases)}; stack {time.monotonic() - started:.1f}s")
-        pg.execute(f"drop database if exists {META_DB} with (force)")
+        survivors = shut_down(smoke, "per-node smoke", started)
     assert not survivors, f"processes survived the stack: {survivors}"
 
 

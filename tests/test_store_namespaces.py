@@ -1,0 +1,127 @@
+"""Separate hosts, simulated for real: the scheduler (with its workers), the triggerer and the dag-processor
+each run in a mount namespace of their own (``unshare -m``) with a private tmpfs at the runtime root's path,
+so the only state they share is the S3 endpoint (moto, loopback) and the metadata DB.
+
+Under a real LocalExecutor stack: the namespaces first prove they share no runtime root, then a streamed
+per-node DAG with one failing model runs with its producer as a sync task (chosen because no shared root
+is declared) and node tasks that start and end in the triggerer, reading only the store.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, needs_airflow
+from tests.pgserver import PgServer, free_port
+from tests.render_project import load_external, make_render_project
+from tests.s3server import BUCKET, CONN_ID, S3Server
+from tests.test_scheduler_smoke import AirflowStack, Smoke, _airflow, _trigger, boot, shut_down, stack_env
+from tests.test_streamed_smoke import _run, _states, _task_log_dir, _worker_trace
+
+META_DB = "airflow_meta_store_ns"
+DAG_ID = "store_streamed_smoke"
+DAGS = REPO / "tests" / "store_smoke_dags"
+NAMESPACED = {"scheduler", "triggerer", "dag-processor"}
+# Mount a private tmpfs (0700) at the runtime root's path, then become the component.
+PRIVATE_ROOT = 'mount -t tmpfs -o mode=0700 dlh-runtime "$0" && exec "$@"'
+
+
+class NamespacedStack(AirflowStack):
+    """Each component in ``NAMESPACED`` starts in a mount namespace of its own, with a runtime root nobody
+    else sees (``unshare`` execs in place: the component keeps the pid we started)."""
+
+    def __init__(self, home: Path, env: dict[str, str], api_port: int, runtime: Path) -> None:
+        super().__init__(home, env, api_port)
+        self.runtime = runtime
+
+    def start(self, name: str, *args: str, label: str | None = None) -> None:
+        if name not in NAMESPACED:
+            super().start(name, *args, label=label)
+            return
+        with (self.logs / f"{label or name}.log").open("ab") as log:
+            self.procs[label or name] = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", PRIVATE_ROOT, str(self.runtime),
+                 *_airflow(name, *args, python=self.python)],
+                env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def in_namespace(self, component: str, script: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["nsenter", "-t", str(self.procs[component].pid), "-m", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=30, check=False)
+
+
+@pytest.fixture(scope="module")
+def smoke(pg: PgServer, s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
+    tmp = tmp_path_factory.mktemp("store-ns")
+    pg.execute(f"drop database if exists {META_DB} with (force)")
+    pg.execute(f"create database {META_DB}")
+    home, runtime = tmp / "airflow", tmp / "dbt-runtime"
+    home.mkdir()
+    runtime.mkdir(mode=0o700)
+    env = stack_env(pg, home, runtime, free_port(), meta_db=META_DB, dags=DAGS)
+    del env["DLH_DBT_SHARED_RUNTIME_ROOT"]  # not shared: that is the point
+    gen = make_render_project(tmp / "gen")
+    load_external(tmp / "warehouse.duckdb")
+    conn_var, conn = s3.connection_env()
+    env.update({
+        "DLH_STORE_SMOKE_DIR": str(gen),
+        "AIRFLOW_CONN_STORE_SMOKE_DUCK": json.dumps({"conn_type": "duckdb", "host": str(tmp / "warehouse.duckdb"),
+                                                     "extra": {"threads": 4}}),
+        "DLH_DBT_STATE_STORE": f"s3://{BUCKET}/namespaces", "DLH_DBT_STATE_STORE_CONN_ID": CONN_ID,
+        conn_var: conn,
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "180",  # a cold render (`dbt ls`) in the dag-processor's root
+    })
+    stack = NamespacedStack(home, env, int(env["AIRFLOW__API__BASE_URL"].rsplit(":", 1)[1]), runtime)
+    smoke = Smoke(stack, gen, runtime, home, pg, tmp / "warehouse.duckdb", [], meta_db=META_DB)
+    started = time.monotonic()
+    try:
+        boot(stack, smoke.meta, (DAG_ID,), timeout=300)
+        smoke.phases.append(f"parsed {time.monotonic() - started:.1f}s")
+        yield smoke
+    finally:
+        survivors = shut_down(smoke, "store namespaces", started)
+    assert not survivors, f"processes survived the stack: {survivors}"
+
+
+def test_the_components_share_no_runtime_root(smoke: Smoke) -> None:
+    """Else the test below could pass through a shared volume."""
+    stack = smoke.stack
+    assert isinstance(stack, NamespacedStack)
+    probe = smoke.runtime / "written-by-the-scheduler"
+    wrote = stack.in_namespace("scheduler", f"echo x > {probe} && cat {probe}")
+    assert wrote.returncode == 0 and wrote.stdout.strip() == "x", wrote
+    for other in ("triggerer", "dag-processor"):
+        seen = stack.in_namespace(other, f"test -e {probe}")
+        assert seen.returncode == 1, (other, seen)
+    assert not probe.exists()  # nor the test's own namespace
+
+
+@needs_airflow("3.3")
+def test_a_streamed_run_across_namespaces_goes_through_the_store(smoke: Smoke, s3: S3Server) -> None:
+    run_id = "across"
+    _trigger(smoke, DAG_ID, run_id)
+    _run(smoke, DAG_ID, run_id, timeout=420)  # the run's own state follows its leaves (trigger_rule="always")
+    states = _states(smoke, DAG_ID, run_id)
+    assert states["model.boom"] == "failed", f"{states}\n{smoke.stack.report()}"
+    assert states["model.boom_child"] == "skipped", states
+    assert states["model.mart_1"] == "success" and states["seed.raw_events"] == "success", states
+    assert states["dbt_producer"] == "failed", states
+    producer_log = "\n".join(p.read_text(errors="replace") for p in
+                             sorted(_task_log_dir(smoke, DAG_ID, run_id, "dbt_producer").glob("attempt=*.log")))
+    assert "Producer runs dbt in this task (sync)" in producer_log, producer_log[-3000:]
+    assert "State store requests by this producer" in producer_log
+    rows = {str(r[0]): r[1:] for r in smoke.meta(
+        "select task_id, queued_dttm, hostname, pid from task_instance where dag_id = %s and run_id = %s",
+        DAG_ID, run_id)}
+    run_dir = smoke.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}"
+    for task in ("model.boom", "model.boom_child", "model.mart_1"):
+        assert not _worker_trace(rows[task], run_dir / f"task_id={task}"), f"{task} ran on a worker: {rows[task]}"
+    assert any("/nodes/" in k for k in s3.keys(BUCKET, "namespaces/streams/"))
+    assert not any(smoke.runtime.iterdir())  # the host's path was never written: each component had its own
