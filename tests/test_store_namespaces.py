@@ -17,15 +17,28 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, needs_airflow
+from tests.conftest import CANARY, REPO, needs_airflow
 from tests.pgserver import PgServer, free_port
-from tests.render_project import load_external, make_render_project
+from tests.processes import dbt_processes, no_dbt_processes
+from tests.render_project import SLOW_SECONDS, load_external, make_render_project, make_slow_project
 from tests.s3server import BUCKET, CONN_ID, S3Server
-from tests.test_scheduler_smoke import AirflowStack, Smoke, _airflow, _trigger, boot, shut_down, stack_env
-from tests.test_streamed_smoke import _run, _states, _task_log_dir, _worker_trace
+from tests.test_scheduler_smoke import (
+    AirflowStack,
+    Smoke,
+    _airflow,
+    _trigger,
+    _wait,
+    boot,
+    shut_down,
+    stack_env,
+)
+from tests.test_streamed_smoke import _run, _states, _task_log_dir, _trigger_started, _worker_trace
 
 META_DB = "airflow_meta_store_ns"
 DAG_ID = "store_streamed_smoke"
+DEFERRED, KILLED = "store_deferred_build", "store_deferred_kill"
+SLEEPING = (f"select pid from pg_stat_activity where query like '%pg_sleep({SLOW_SECONDS})%' "
+            "and pid <> pg_backend_pid()")
 DAGS = REPO / "tests" / "store_smoke_dags"
 NAMESPACED = {"scheduler", "triggerer", "dag-processor"}
 # Mount a private tmpfs (0700) at the runtime root's path, then become the component.
@@ -71,6 +84,10 @@ def smoke(pg: PgServer, s3: S3Server, tmp_path_factory: pytest.TempPathFactory) 
     conn_var, conn = s3.connection_env()
     env.update({
         "DLH_STORE_SMOKE_DIR": str(gen),
+        "DLH_STORE_SLOW_DIR": str(make_slow_project(tmp / "slow")),
+        "AIRFLOW_CONN_STORE_SMOKE_PG": json.dumps({
+            "conn_type": "postgres", "host": "127.0.0.1", "port": pg.port, "login": "dbt_user",
+            "password": CANARY, "schema": "warehouse", "extra": {"schema": "store_ns", "threads": 4}}),
         "AIRFLOW_CONN_STORE_SMOKE_DUCK": json.dumps({"conn_type": "duckdb", "host": str(tmp / "warehouse.duckdb"),
                                                      "extra": {"threads": 4}}),
         "DLH_DBT_STATE_STORE": f"s3://{BUCKET}/namespaces", "DLH_DBT_STATE_STORE_CONN_ID": CONN_ID,
@@ -82,7 +99,7 @@ def smoke(pg: PgServer, s3: S3Server, tmp_path_factory: pytest.TempPathFactory) 
     smoke = Smoke(stack, gen, runtime, home, pg, tmp / "warehouse.duckdb", [], meta_db=META_DB)
     started = time.monotonic()
     try:
-        boot(stack, smoke.meta, (DAG_ID,), timeout=300)
+        boot(stack, smoke.meta, (DAG_ID, DEFERRED, KILLED), timeout=300)
         smoke.phases.append(f"parsed {time.monotonic() - started:.1f}s")
         yield smoke
     finally:
@@ -125,3 +142,33 @@ def test_a_streamed_run_across_namespaces_goes_through_the_store(smoke: Smoke, s
         assert not _worker_trace(rows[task], run_dir / f"task_id={task}"), f"{task} ran on a worker: {rows[task]}"
     assert any("/nodes/" in k for k in s3.keys(BUCKET, "namespaces/streams/"))
     assert not any(smoke.runtime.iterdir())  # the host's path was never written: each component had its own
+
+
+def test_a_deferred_task_is_watched_and_resumed_across_namespaces(smoke: Smoke, s3: S3Server) -> None:
+    """dbt runs detached in the scheduler's namespace; the trigger, in the triggerer's, reads only the store."""
+    _trigger(smoke, DEFERRED, "across")
+    assert _run(smoke, DEFERRED, "across", timeout=300) == "success", smoke.stack.report()
+    log = "\n".join(p.read_text(errors="replace") for p in _task_log_dir(smoke, DEFERRED, "across", "dbt").glob("*"))
+    assert "dbt summary:" in log or "Completed successfully" in log, log[-3000:]  # relayed from the store
+    _wait("the run's objects to go", lambda: not s3.keys(BUCKET, "namespaces/deferred/"), smoke.stack, 30)
+
+
+@needs_airflow("3.3")  # the triggerer calls a trigger's on_kill from Airflow 3.3 on
+def test_a_deferred_task_marked_failed_stops_dbt_across_namespaces(smoke: Smoke, s3: S3Server) -> None:
+    run_id = "killed"
+    _trigger(smoke, KILLED, run_id)
+
+    def sleeping() -> bool:
+        return bool(smoke.pg.execute(SLEEPING)) and _states(smoke, KILLED, run_id).get("dbt") == "deferred" \
+            and _trigger_started(smoke, KILLED, run_id, "dbt")
+
+    _wait("dbt to be in pg_sleep, its task deferred", sleeping, smoke.stack, timeout=240)
+    assert dbt_processes(smoke.runtime), "the helper sees no dbt process while dbt runs"
+    assert s3.keys(BUCKET, "namespaces/deferred/"), "the run is not mirrored to the store"
+    killed = time.monotonic()
+    smoke.api("PATCH", f"/api/v2/dags/{KILLED}/dagRuns/{run_id}/taskInstances/dbt", {"new_state": "failed"})
+    assert no_dbt_processes(smoke.runtime, 90), f"{dbt_processes(smoke.runtime)}\n{smoke.stack.report()}"
+    smoke.phases.append(f"deferred task marked failed: dbt gone {time.monotonic() - killed:.1f}s")
+    _wait("the sleeping query to end", lambda: not smoke.pg.execute(SLEEPING), smoke.stack, timeout=30)
+    _wait("the run's objects to be cleaned", lambda: not s3.keys(BUCKET, "namespaces/deferred/"),
+          smoke.stack, timeout=30)
