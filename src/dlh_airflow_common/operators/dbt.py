@@ -55,7 +55,8 @@ class DbtOperator(BaseOperator):
 
     ``deferrable=True`` starts dbt as a detached process on the worker host and frees the worker
     slot; the triggerer watches that run's control dir, so the runtime root must be visible to the
-    triggerer and to the worker that resumes the task (declare it with ``DLH_DBT_SHARED_RUNTIME_ROOT``).
+    triggerer and to the worker that resumes the task (declare it with ``DLH_DBT_SHARED_RUNTIME_ROOT``),
+    or a state store (``state_store=s3://...``) must carry it between hosts.
     """
 
     template_fields: Sequence[str] = (

@@ -109,5 +109,6 @@ def check_detachable(root: Path, *, in_process: bool, what: str = "deferrable=Tr
             f"{what} needs the runtime root {root} visible to the triggerer and to the worker that "
             f"resumes the task. Mount it on a volume shared by workers and triggerers (on a single host "
             f"it already is), then set {SHARED_ROOT_ENV}=true or [dlh_dbt] shared_runtime_root = True; "
-            f"otherwise use {instead}"
+            f"or set a state store ({STATE_STORE_ENV}=s3://bucket/prefix with its connection) that every "
+            f"host reaches; otherwise use {instead}"
         )

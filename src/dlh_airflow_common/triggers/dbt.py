@@ -5,7 +5,8 @@ task log, enforces the task's timeout by asking the run to cancel, and cancels t
 kills the deferred task. It looks at the status file's stamp every ``STATUS_POLL_SECONDS`` (one
 ``stat``), so the task resumes within about a second of dbt ending; the other checks run when the
 status changes or every ``check_interval`` seconds. It needs the runtime root to be visible from the
-triggerer (a shared volume, or one host); when it is not, it says so instead of waiting forever.
+triggerer (a shared volume, or one host); when it is not, it says so instead of waiting forever. With a
+state store, it reads the run's mirror there instead (``core.store_control``), on any host.
 """
 
 from __future__ import annotations
