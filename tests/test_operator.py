@@ -518,6 +518,9 @@ def test_a_deferred_run_is_watched_and_resumed_through_the_store(
     # the progress came through the store (relayed by the trigger), and the run's objects went on resume
     assert "dbt summary:" in log or "Completed successfully" in log, log[-3000:]
     assert s3.keys(BUCKET, "deferred-test/deferred/") == []
+    counts = next(line for line in log.splitlines() if "State store requests of this run" in line)
+    print(counts)
+    assert "'supervisor': {" in counts and "'trigger': {" in counts, counts
     deadline = time.monotonic() + 15  # the supervisor removes its local dir: the task resumed from the store
     while time.monotonic() < deadline and any(
             "duck_deferred_build_store" in p.read_text() for p in (RUNTIME / "deferred").glob("*/spec.json")):

@@ -412,6 +412,8 @@ def _supervise(ctl: ControlDir) -> int:
         if mirror is not None:
             try:
                 mirror.close()
+                counts = mirror.store.request_counts()
+                print(f"State store requests by this run's mirror: {counts}", flush=True)
                 if mirror.watched:  # the task resumes from the store, on any host: nobody reads this dir
                     touch(ctl.abandoned_flag)
             except Exception as exc:

@@ -50,6 +50,7 @@ class ControlMirror:
         self._pushed = 0  # progress objects written
         self._stamp: tuple[int, int, int] | None = None
         self._watched: str | None = None
+        self._failing = False
 
     def start(self) -> None:
         self._push_status()
@@ -72,8 +73,15 @@ class ControlMirror:
                 if now - flags >= FLAGS_SECONDS:
                     flags = now
                     self._pull_flags()
-            except Exception as exc:  # the store is down: the watchers' heartbeat check reports it
-                print(f"State store unreachable from the dbt supervisor: {exc}", flush=True)
+                if self._failing:
+                    self._failing = False
+                    print("State store reachable again from the dbt supervisor", flush=True)
+            except Exception as exc:
+                # The watchers' heartbeat check reports it; and with no `watched` stamp coming through, the
+                # supervisor stops dbt after unwatched_timeout: never unwatched for longer than that.
+                if not self._failing:
+                    self._failing = True
+                    print(f"State store unreachable from the dbt supervisor: {exc}", flush=True)
 
     def _pull_flags(self) -> None:
         names = self.store.listing(*self.key)
@@ -98,11 +106,12 @@ class ControlMirror:
             self._pushed += 1
             self._offset += end
 
-    def _push_status(self) -> None:
+    def _push_status(self, final: bool = False) -> None:
         self._stamp = self.ctl.status_stamp()
         status = self.ctl.read_status()
         if status is not None:
-            self.store.put_json({**status, "progress_objects": self._pushed}, *self.key, STATUS)
+            extra = {"store_requests": self.store.request_counts()} if final else {}
+            self.store.put_json({**status, "progress_objects": self._pushed, **extra}, *self.key, STATUS)
 
     @property
     def watched(self) -> bool:
@@ -122,7 +131,7 @@ class ControlMirror:
             path = self.ctl.artifacts / name
             if path.is_file():
                 self.store.put(path.read_bytes(), *self.key, ARTIFACTS_DIR, name)
-        self._push_status()
+        self._push_status(final=True)
 
 
 class StoreControl:
@@ -211,7 +220,8 @@ class StoreControl:
                 state: str | None = None) -> dict[str, Any]:
         return {"status": state or status.get("state"), "control_dir": self.path, "store_key": list(self.key),
                 "result": status.get("result"), "error": status.get("error"), "host": status.get("host"),
-                "started_at": started_at}
+                "started_at": started_at, "store_requests": {"supervisor": status.get("store_requests"),
+                                                             "trigger": self.store.request_counts()}}
 
     def fetch_artifacts(self, dest: Path) -> Path:
         """The run's artifacts, copied into ``dest`` (for the resumed task's report)."""

@@ -452,6 +452,7 @@ class DbtOperator(BaseOperator):
         if store is None:
             raise DbtException("This task's run was watched through a state store, and none is set now")
         ctl = StoreControl(open_store(store), tuple(event["store_key"]))
+        self.log.info("State store requests of this run: %s", event.get("store_requests"))
         artifacts = Path(tempfile.mkdtemp(prefix="dbt-artifacts-"))
         try:
             return self._report(context, event, ctl.fetch_artifacts(artifacts))
