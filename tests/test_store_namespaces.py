@@ -17,21 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.airflow_stack import AirflowStack, _airflow
 from tests.conftest import CANARY, REPO, needs_airflow
 from tests.pgserver import PgServer, free_port
 from tests.processes import dbt_processes, no_dbt_processes
 from tests.render_project import SLOW_SECONDS, load_external, make_render_project, make_slow_project
 from tests.s3server import BUCKET, CONN_ID, S3Server
-from tests.test_scheduler_smoke import (
-    AirflowStack,
-    Smoke,
-    _airflow,
-    _trigger,
-    _wait,
-    boot,
-    shut_down,
-    stack_env,
-)
+from tests.test_scheduler_smoke import Smoke, _trigger, _wait, boot, shut_down, stack_env
 from tests.test_streamed_smoke import _run, _states, _task_log_dir, _trigger_started, _worker_trace
 
 META_DB = "airflow_meta_store_ns"
