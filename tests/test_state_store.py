@@ -134,6 +134,41 @@ def test_a_reader_sees_batches_another_process_writes_while_it_polls(s3: S3Serve
     assert state.status is not None and state.status["state"] == "success"
 
 
+def test_node_tasks_end_with_the_producers_error_when_it_failed_before_launch_through_the_store(
+        s3: S3Server, tmp_path: Path) -> None:
+    """No shared root: the producer's early failure reaches a node trigger on another host via the store."""
+    from dlh_airflow_common.core.store_stream import (
+        StoreChannel,
+        clear_failed_before_launch_in_store,
+        mark_failed_before_launch_in_store,
+        stream_key,
+    )
+    from dlh_airflow_common.core.stream import StreamState
+    from dlh_airflow_common.state_store import StoreSetting, open_store
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+
+    store, run = open_store(StoreSetting(f"s3://{BUCKET}/early", CONN_ID)), stream_key("d", "r")
+    reader, state = StoreChannel(store, run), StreamState()
+    mark_failed_before_launch_in_store(store, run, "DbtException: bad profile", final=False)
+    reader.poll(state)
+    assert state.early_failure is None  # Airflow retries the producer: its node tasks wait for that
+    mark_failed_before_launch_in_store(store, run, "DbtException: bad profile", final=True)
+    assert reader.poll(state) and state.early_failure is not None and not state.seen
+    gets = store.request_counts()["get"]
+    assert not reader.poll(state) and store.request_counts()["get"] == gets  # read again only when changed
+    clear_failed_before_launch_in_store(store, run)  # a new try of the producer
+    assert reader.poll(state) and state.early_failure is None
+
+    mark_failed_before_launch_in_store(store, run, "DbtException: bad profile", final=True)
+    trigger = DbtNodeTrigger(unique_id="model.p.x", runtime_root=str(tmp_path), end_task=False, dag_id="d",
+                             run_id="r", try_number=1, poll_interval=0.05,
+                             state_store=f"s3://{BUCKET}/early", state_store_conn_id=CONN_ID)
+    event, _ = first_event_after(trigger, 0, lambda: None, 60)
+    assert event["outcome"] == "failed", event
+    assert event["message"] == ("The producer task dbt_producer failed before it started dbt, so no node "
+                                "was built: DbtException: bad profile")
+
+
 # -- streamed DAG runs through the store ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def bag(airflow_db: None, s3: S3Server) -> Any:

@@ -9,6 +9,9 @@ prefix ``streams/<dag>/<run>/<launch>/``:
                         before the results that came with it
     heartbeat           the time, every ``HEARTBEAT_SECONDS``
 
+A producer that fails before it launches dbt writes ``early/failed_before_launch.json`` under the
+run's prefix instead (the store twin of ``stream.mark_failed_before_launch``).
+
 Launch names sort by start time: readers follow the newest launch of the run, as ``current`` does on
 disk. A reader lists the run's prefix once per poll and gets only what is new or changed.
 """
@@ -25,12 +28,22 @@ from typing import Any
 
 from dlh_airflow_common.core.names import id_dir
 from dlh_airflow_common.core.store import StateStore
-from dlh_airflow_common.core.stream import NodeTally, StreamState, node_result
+from dlh_airflow_common.core.stream import (
+    EARLY_FAILURE,
+    NodeTally,
+    StreamState,
+    early_failure_marker,
+    node_result,
+)
 
 BATCH_SECONDS = 1.0  # at most one node batch object a second
 HEARTBEAT_SECONDS = 5.0
 TALLY_SECONDS = 5.0  # the running/finished tally in the status: at most this often
 STATUS, HEARTBEAT, NODES = "status.json", "heartbeat", "nodes"
+# A producer that failed before it launched dbt writes ``<run>/early/failed_before_launch.json``: a
+# launch name with no status (never followed), so store retention prunes it like a launch.
+EARLY = "early"
+EARLY_KEY = f"{EARLY}/{EARLY_FAILURE}"
 TERMINAL = {"success", "failed", "cancelled"}
 
 
@@ -42,6 +55,17 @@ def stream_key(dag_id: str, run_id: str) -> tuple[str, ...]:
 def new_launch_name() -> str:
     """Sorts by start time (newest last), unique across hosts."""
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+
+
+def mark_failed_before_launch_in_store(store: StateStore, run: tuple[str, ...], message: str, *,
+                                       final: bool) -> None:
+    """Tell the run's node tasks, through the store, why the producer never launched (may raise)."""
+    store.put_json(early_failure_marker(message, final), *run, EARLY, EARLY_FAILURE)
+
+
+def clear_failed_before_launch_in_store(store: StateStore, run: tuple[str, ...]) -> None:
+    """A new try of the producer starts: an earlier try's early failure no longer holds (may raise)."""
+    store.remove(*run, EARLY)
 
 
 class StoreStreamWriter:
@@ -166,18 +190,20 @@ class StoreChannel:
         self._status: dict[str, Any] | None = None
         self._beat = 0.0
         self._missing_since: float | None = None
+        self._early_tag = ""
 
     def poll(self, state: StreamState) -> bool:
         objects = self.store.listing(*self.prefix)
         launches = sorted({key.split("/", 1)[0] for key in objects if key.endswith("/" + STATUS)})
         if not launches:
+            changed = self._fold_early_failure(state, objects.get(EARLY_KEY, ""))
             if state.seen:
                 now = time.monotonic()
                 self._missing_since = self._missing_since or now
                 if not state.gone and now - self._missing_since >= self.gone_after:
                     state.gone = True
                     return True
-            return False
+            return changed
         self._missing_since = None
         launch, changed = launches[-1], False
         if launch != self._launch:  # a new try of the producer: start over
@@ -212,6 +238,18 @@ class StoreChannel:
             if not state.seen or state.gone:
                 state.seen, state.gone, changed = True, False, True
         return changed
+
+    def _fold_early_failure(self, state: StreamState, tag: str) -> bool:
+        """The producer's early failure (final try only), read again only when its object changed."""
+        if tag == self._early_tag:
+            return False
+        self._early_tag = tag
+        marker = self.store.get_json(*self.prefix, EARLY, EARLY_FAILURE) if tag else None
+        early = marker if isinstance(marker, dict) and marker.get("final") else None
+        if early == state.early_failure:
+            return False
+        state.early_failure = early
+        return True
 
     def _fold_batch(self, state: StreamState, launch: str, key: str) -> bool:
         data = self.store.get(*self.prefix, launch, key)

@@ -63,10 +63,15 @@ def mark_failed_before_launch(runtime_root: Path, stream: Path, message: str, *,
         ensure_dir(secure_root(runtime_root), stream)
         fd, tmp = tempfile.mkstemp(dir=stream, prefix=".failed.")
         with os.fdopen(fd, "w") as fh:
-            json.dump({"message": message, "final": final, "at": time.time()}, fh)
+            json.dump(early_failure_marker(message, final), fh)
         os.replace(tmp, stream / EARLY_FAILURE)
     except (OSError, DbtException):
         pass
+
+
+def early_failure_marker(message: str, final: bool) -> dict[str, Any]:
+    """What a producer that failed before launch leaves for its node tasks (on disk or in the store)."""
+    return {"message": message, "final": final, "at": time.time()}
 
 
 def clear_failed_before_launch(stream: Path) -> None:

@@ -8,6 +8,7 @@ once the producer has started, and the trigger resumes the task with the outcome
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -22,7 +23,13 @@ from dlh_airflow_common._compat import (
     redact,
 )
 from dlh_airflow_common.core.exceptions import DbtRuntimeException
-from dlh_airflow_common.core.store_stream import StoreChannel, stream_key
+from dlh_airflow_common.core.store import StateStore
+from dlh_airflow_common.core.store_stream import (
+    StoreChannel,
+    clear_failed_before_launch_in_store,
+    mark_failed_before_launch_in_store,
+    stream_key,
+)
 from dlh_airflow_common.core.stream import (
     StreamState,
     clear_failed_before_launch,
@@ -85,8 +92,9 @@ def watch_from_worker(op: DbtOperator, context: Context) -> None:
                     "watches its producer from a worker slot, then defers",
                     *AIRFLOW_VERSION, START_FROM_TRIGGER_SINCE)
     stream = producer_dir(settings.runtime_root(op.runtime_root), context)
-    if not _producer_started(op, context, stream):
-        _fail_if_producer_ended(op, context, stream)
+    started, early, where = _producer_started(op, context, stream)
+    if not started:
+        _fail_if_producer_ended(op, context, early, where)
         from airflow.sdk import timezone
 
         raise AirflowRescheduleException(timezone.utcnow() + timedelta(seconds=2))
@@ -95,30 +103,38 @@ def watch_from_worker(op: DbtOperator, context: Context) -> None:
              method_name="execute_complete")
 
 
-def _producer_started(op: DbtOperator, context: Context, stream: Path) -> bool:
-    """Whether this DAG run's producer has written its first status (in the store, or on the root)."""
+def _producer_started(op: DbtOperator, context: Context,
+                      stream: Path) -> tuple[bool, dict[str, Any] | None, str]:
+    """Whether this DAG run's producer has written its first status (in the store, or on the root); if
+    not, its early failure on a final try (or None); and where this task looked."""
     store = settings.state_store(op.state_store, op.state_store_conn_id)
     if store is not None:
         ti = context["ti"]
         state = StreamState()
-        StoreChannel(open_store(store), stream_key(str(ti.dag_id), str(ti.run_id))).poll(state)
-        return state.seen
+        opened, run = open_store(store), stream_key(str(ti.dag_id), str(ti.run_id))
+        StoreChannel(opened, run).poll(state)
+        return state.seen, state.early_failure, f"state store {opened.path(*run)}"
     launch = current_launch(stream)
-    return launch is not None and (launch / "status.json").is_file()
-
-
-def _fail_if_producer_ended(op: DbtOperator, context: Context, stream: Path) -> None:
-    """Raise when the producer will never launch dbt for this run; a node task never waits forever."""
+    if launch is not None and (launch / "status.json").is_file():
+        return True, None, str(stream)
     marker = failed_before_launch(stream)
+    return False, marker if marker is not None and marker.get("final") else None, str(stream)
+
+
+def _fail_if_producer_ended(op: DbtOperator, context: Context, early: dict[str, Any] | None,
+                            where: str) -> None:
+    """Raise when the producer will never launch dbt for this run; a node task never waits forever."""
     producer = str(op.stream_from)
-    if marker is not None and marker.get("final"):
-        raise DbtRuntimeException(early_failure_message(producer, marker))
+    if early is not None:
+        raise DbtRuntimeException(early_failure_message(producer, early))
     state = producer_state(op, context, producer)
     if state in PRODUCER_DONE:
+        fix = ("it wrote to another state store than this task reads: set the same state store for both"
+               if where.startswith("state store") else
+               "the runtime root is not shared between its worker and this one: mount one volume for both")
         raise DbtRuntimeException(
-            f"The producer task {producer} ended {state} without a dbt run this task can see (no {stream}); "
-            f"see the log of task {producer}. If it succeeded, the runtime root is not shared between "
-            "its worker and this one: mount one volume for both")
+            f"The producer task {producer} ended {state} without a dbt run this task can see (no {where}); "
+            f"see the log of task {producer}. If it succeeded, {fix}")
     first = _first_reschedule(context)
     if first is not None:
         from airflow.sdk import timezone
@@ -126,7 +142,7 @@ def _fail_if_producer_ended(op: DbtOperator, context: Context, stream: Path) -> 
         if timezone.utcnow() - first > START_TIMEOUT:
             raise DbtRuntimeException(
                 f"The producer task {producer} did not start dbt within {START_TIMEOUT} (state "
-                f"{state or 'unknown'}, no {stream}); check that task")
+                f"{state or 'unknown'}, no {where}); check that task")
 
 
 def _first_reschedule(context: Context) -> datetime | None:
@@ -154,21 +170,52 @@ def reporting_early_failure(op: DbtOperator, context: Context) -> Iterator[None]
     """Around a producer's try: a failure before it launched dbt is written where its node tasks look."""
     stream = producer_dir(settings.runtime_root(op.runtime_root), context)
     clear_failed_before_launch(stream)
-    before = current_launch(stream)
+    in_store = _early_word_in_store(op, context)
+    before, began = current_launch(stream), time.time()
     try:
         yield
-    except Exception as exc:
-        if current_launch(stream) == before:  # (a deferral is a BaseException: not caught)
-            _leave_word(op, context, stream, exc)
+    except Exception as exc:  # (a deferral is a BaseException: not caught)
+        if current_launch(stream) == before and not _launched_in_store(in_store, began):
+            _leave_word(op, context, stream, exc, in_store)
         raise
 
 
-def _leave_word(op: DbtOperator, context: Context, stream: Path, exc: Exception) -> None:
+def _early_word_in_store(op: DbtOperator, context: Context) -> tuple[StateStore, tuple[str, ...]] | None:
+    """With a state store, where node tasks look for an early failure; an earlier try's is removed."""
+    store = settings.state_store(op.state_store, op.state_store_conn_id)
+    if store is None:
+        return None
+    ti = context["ti"]
+    try:
+        opened, run = open_store(store), stream_key(str(ti.dag_id), str(ti.run_id))
+        clear_failed_before_launch_in_store(opened, run)
+    except Exception as exc:  # the task's own use of the store fails with the cause
+        op.log.warning("Could not clear an earlier early failure in the state store: %s", exc)
+        return None
+    return opened, run
+
+
+def _launched_in_store(in_store: tuple[StateStore, tuple[str, ...]] | None, began: float) -> bool:
+    """Whether this try launched dbt with node results in the store (a launch status since ``began``)."""
+    if in_store is None:
+        return False
+    state = StreamState()
+    try:
+        StoreChannel(*in_store).poll(state)
+    except Exception:
+        return False
+    return float((state.status or {}).get("launched") or 0) >= began
+
+
+def _leave_word(op: DbtOperator, context: Context, stream: Path, exc: Exception,
+                in_store: tuple[StateStore, tuple[str, ...]] | None = None) -> None:
     """Write the producer's early failure for its node tasks; never raise in place of ``exc``."""
     try:
         final = int(context["ti"].try_number or 1) > int(op.retries or 0)
-        mark_failed_before_launch(settings.runtime_root(op.runtime_root), stream,
-                                  redact(f"{type(exc).__name__}: {exc}"), final=final)
+        message = redact(f"{type(exc).__name__}: {exc}")
+        mark_failed_before_launch(settings.runtime_root(op.runtime_root), stream, message, final=final)
+        if in_store is not None:
+            mark_failed_before_launch_in_store(*in_store, message, final=final)
     except Exception as secondary:
         op.log.warning("Could not tell the node tasks why this task failed (%s: %s); they learn it "
                        "from its state", type(secondary).__name__, secondary)
