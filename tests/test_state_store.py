@@ -257,7 +257,7 @@ def test_the_state_store_setting_comes_from_the_argument_then_env_then_config(mo
     assert settings.state_store("s3://arg/p", "arg_conn") == StoreSetting("s3://arg/p", "arg_conn")
 
 
-def test_the_producer_runs_sync_where_nothing_detached_would_survive_or_be_seen(
+def test_the_producer_runs_sync_where_nothing_detached_would_survive(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from dlh_airflow_common.core.exceptions import DbtException
     from dlh_airflow_common.operators.producer import SyncProducer, runs_sync
@@ -268,8 +268,8 @@ def test_the_producer_runs_sync_where_nothing_detached_would_survive_or_be_seen(
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "KubernetesExecutor")  # the pod ends when a task defers
     assert runs_sync(None, store) and not runs_sync(False, store)
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
-    monkeypatch.delenv("DLH_DBT_SHARED_RUNTIME_ROOT")  # the triggerer may not see the producer's control dir
-    assert runs_sync(None, store) and runs_sync(True, None)
+    monkeypatch.delenv("DLH_DBT_SHARED_RUNTIME_ROOT")  # its status reaches the triggerer through the store
+    assert not runs_sync(None, store) and runs_sync(True, None)
     with pytest.raises(DbtException, match="DLH_DBT_STATE_STORE"):
         SyncProducer.start(None, {}, None, None)  # type: ignore[arg-type]
 

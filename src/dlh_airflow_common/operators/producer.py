@@ -2,8 +2,9 @@
 
 With ``state_store`` set, node results go to the store (``core.store_stream``) instead of the
 runtime root, and node triggers read only the store. The producer runs detached (deferrable, its
-worker freed) or, where nothing detached survives a deferral (KubernetesExecutor) or no volume is
-shared with the triggerer, as a plain sync task that keeps its worker and writes the same objects.
+worker freed, its own status mirrored to the store for its trigger) or, where nothing detached
+survives a deferral (KubernetesExecutor), as a plain sync task that keeps its worker and writes the
+same objects.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def runs_sync(sync_producer: bool | None, store: StoreSetting | None) -> bool:
     """Whether a producer builds in its own task process: asked for, or the only way that works."""
     if sync_producer is not None:
         return sync_producer
-    return store is not None and (settings.ends_worker_on_defer() or not settings.shared_root_declared())
+    return store is not None and settings.ends_worker_on_defer()
 
 
 def launch_in_store(store: StoreSetting, context: Context,
