@@ -178,3 +178,44 @@ def test_supervisor_lets_a_watched_or_never_watched_run_finish(
         stop.set()
     assert states == ["success", "success"], [ctl.progress_tail() for ctl in (watched, unwatched)]
     assert "No trigger has watched" not in watched.progress.read_text()
+
+
+def test_a_run_watched_through_a_store_that_goes_away_is_stopped_and_its_trigger_names_the_cause(
+        demo_project: Path, pg_conn: ConnectionInfo, runtime_root: Path, pg: PgServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's endpoint stops mid-run: the trigger fails with the store's URL and the cause after its
+    bounded wait, and the supervisor, no longer getting `watched` stamps, stops dbt after unwatched_timeout."""
+    from dlh_airflow_common.core.store_control import control_key
+    from dlh_airflow_common.state_store import StoreSetting
+    from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
+    from tests.s3server import BUCKET, S3Server
+    from tests.trigger_events import first_event_after
+
+    _deps(demo_project, pg_conn, runtime_root)
+    sleeping = "select 1 from pg_stat_activity where query like '%pg_sleep(120)%' and pid <> pg_backend_pid()"
+    gone = S3Server().start()
+    try:
+        gone.create_bucket(BUCKET)
+        monkeypatch.setenv(*gone.connection_env("dlh_s3_gone"))
+        store, key = StoreSetting(f"s3://{BUCKET}/gone", "dlh_s3_gone"), control_key("00000001-gone")
+        profile = resolve_profile(ProfileConfig(connection=pg_conn), demo_project)
+        ctl = DetachedRun(project_dir=str(demo_project), runtime_root=runtime_root,
+                          command=DbtCommand("build", select="+slow_model", vars={"slow_seconds": 120},
+                                             exclude="test_type:data"),
+                          identity=RunIdentity("dag", "store_gone", 1), profile=profile, env_vars={},
+                          cancel_grace=10, unwatched_timeout=5, store=store, control_key=key).launch()
+        pg.wait_until(sleeping, lambda rows: len(rows) == 1, timeout=120)
+        assert dbt_processes(runtime_root), "the helper sees no dbt process while dbt runs"
+        trigger = DbtExecutionTrigger(control_dir=str(ctl.path), check_interval=1, heartbeat_timeout=5,
+                                      state_store=store.url, state_store_conn_id=store.conn_id, store_key=list(key))
+        # the endpoint stops once the trigger has stamped `watched` and the supervisor has taken it (2 s)
+        event, after = first_event_after(trigger, 6, gone.stop, 120)
+        stopped = time.monotonic() - after
+    finally:
+        gone.stop()
+    assert event["status"] == "error", event
+    assert "could not be read" in event["message"] and f"s3://{BUCKET}/gone" in event["message"], event
+    assert 5 <= after < 60, after
+    assert no_dbt_processes(runtime_root, 60), dbt_processes(runtime_root)
+    assert time.monotonic() - stopped < 5 + 10 + 30  # unwatched_timeout, cancel_grace, a slow machine
+    pg.wait_until(sleeping, lambda rows: rows == [], timeout=10)

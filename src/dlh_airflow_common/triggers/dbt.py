@@ -112,20 +112,39 @@ class DbtExecutionTrigger(BaseTrigger):
             yield event
             return
 
+    async def _poll(self, seen: object, next_check: float) -> tuple[object, dict[str, Any] | None] | None:
+        """The status's stamp and, when it changed or a check is due, the status (progress relayed)."""
+        await self._still_watching()
+        stamp = await asyncio.to_thread(self._ctl.status_stamp)
+        if stamp == seen and time.monotonic() < next_check:
+            return None
+        status = await asyncio.to_thread(self._ctl.read_status)
+        await self._relay_progress()
+        return stamp, status
+
     async def _watch(self) -> AsyncIterator[TriggerEvent]:
         started = time.monotonic()
         ctl = self._ctl
         seen: object = None
         next_check = 0.0
+        unreadable_since: float | None = None
         while True:
-            await self._still_watching()
-            stamp = await asyncio.to_thread(ctl.status_stamp)
-            if stamp == seen and time.monotonic() < next_check:
+            try:
+                polled = await self._poll(seen, next_check)
+            except Exception as exc:  # the store is down or refuses: retried until heartbeat_timeout
+                if not isinstance(ctl, StoreControl):
+                    raise
+                unreadable_since = unreadable_since or time.monotonic()
+                if time.monotonic() - unreadable_since > self.heartbeat_timeout:
+                    yield self._store_lost(ctl, exc)
+                    return
+                await asyncio.sleep(STATUS_POLL_SECONDS * 4)
+                continue
+            unreadable_since = None
+            if polled is None:
                 await asyncio.sleep(STATUS_POLL_SECONDS)
                 continue
-            seen, next_check = stamp, time.monotonic() + self.check_interval
-            status = await asyncio.to_thread(ctl.read_status)
-            await self._relay_progress()
+            (seen, status), next_check = polled, time.monotonic() + self.check_interval
             if status is None:
                 if time.monotonic() - started > self.visibility_timeout:
                     yield TriggerEvent({
@@ -173,6 +192,15 @@ class DbtExecutionTrigger(BaseTrigger):
         tail = await asyncio.to_thread(self._ctl.progress_tail)
         if tail:
             message += f"\n--- last output of the run ---\n{tail}"
+        return TriggerEvent({"status": "error", "control_dir": self.control_dir, "message": message,
+                             "started_at": self.started_at})
+
+    def _store_lost(self, ctl: StoreControl, exc: Exception) -> TriggerEvent:
+        """The run cannot be watched any more; unwatched, its supervisor stops dbt by itself."""
+        message = (f"The state store {ctl.path} could not be read for over {self.heartbeat_timeout:.0f}s "
+                   f"({type(exc).__name__}: {exc}). Check that the endpoint is up and the connection's "
+                   "credentials are valid. The dbt run stops by itself once unwatched_timeout passes "
+                   "without this trigger.")
         return TriggerEvent({"status": "error", "control_dir": self.control_dir, "message": message,
                              "started_at": self.started_at})
 
