@@ -54,7 +54,7 @@ def test_run_dirs_retry_state_and_task_ids_sanitise_names_the_same_way() -> None
     assert safe_name(weird, keep=".") == "a_b__c..d__"
     ident = RunIdentity(weird, weird, 1).run_name(datetime(2026, 1, 1))
     assert ident.startswith(f"run_20260101_000000_{safe_name(weird)}_{safe_name(weird)}_try1_")
-    ti = SimpleNamespace(dag_id="d", task_id="t", run_id=weird)
+    ti = SimpleNamespace(dag_id="d", task_id="t", run_id=weird, try_number=1)
     assert RetryState.for_task(Path("/r"), ti).path.name == id_dir(weird)
     assert id_dir(weird).startswith(safe_name(weird) + "-")
     assert graph._task_id(weird) == safe_name(weird, keep=".")
