@@ -157,7 +157,7 @@ def test_ids_with_dots_stay_inside_the_root(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
     (artifacts / "run_results.json").write_text("{}")
-    state = RetryState.for_task(root, SimpleNamespace(dag_id="..", task_id="..", run_id=".."))
+    state = RetryState.for_task(root, SimpleNamespace(dag_id="..", task_id="..", run_id="..", try_number=1))
     assert root in state.path.resolve().parents
     state.save(artifacts)
     assert (state.path / "run_results.json").is_file()
@@ -170,8 +170,8 @@ def test_ids_with_dots_stay_inside_the_root(tmp_path: Path) -> None:
 def test_different_ids_never_share_a_dir(tmp_path: Path) -> None:
     assert stream_dir(tmp_path, "sales.daily", "r") != stream_dir(tmp_path, "sales_daily", "r")
     assert stream_dir(tmp_path, "d", "a:b") != stream_dir(tmp_path, "d", "a_b")
-    ti = SimpleNamespace(dag_id="sales.daily", task_id="t", run_id="r")
-    other = SimpleNamespace(dag_id="sales_daily", task_id="t", run_id="r")
+    ti = SimpleNamespace(dag_id="sales.daily", task_id="t", run_id="r", try_number=1)
+    other = SimpleNamespace(dag_id="sales_daily", task_id="t", run_id="r", try_number=1)
     assert RetryState.for_task(tmp_path, ti).path != RetryState.for_task(tmp_path, other).path
 
 
