@@ -23,6 +23,7 @@ from dlh_airflow_common.core.exceptions import DbtException
 from dlh_airflow_common.core.invoke import DbtCommand, DbtTaskResult
 from dlh_airflow_common.core.retention import Retention, maybe_prune
 from dlh_airflow_common.core.runtime import RunIdentity
+from dlh_airflow_common.core.safefs import check_inside
 from dlh_airflow_common.core.store_control import StoreControl, control_key
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.lineage import emit_node_events
@@ -460,6 +461,20 @@ class DbtOperator(BaseOperator):
         finally:
             shutil.rmtree(artifacts, ignore_errors=True)
             ctl.remove()
+            self._remove_local_dir(event.get("local_dir"))
+
+    def _remove_local_dir(self, local: str | None) -> None:
+        """Resumed on the launching host: the supervisor's own dir goes too (it keeps it when dbt ended
+        before a `watched` stamp came through the store); elsewhere, retention prunes it."""
+        if not local or self.stream_nodes:  # a producer's dir lives in its stream dir, with its run
+            return
+        deferred = self._root() / "deferred"
+        try:
+            path = check_inside(deferred, Path(local))
+        except DbtException:
+            return
+        if path.parent == deferred and path.is_dir():
+            ControlDir(path).remove()
 
     def _report(self, context: Context, event: dict[str, Any], artifacts: Path) -> dict[str, Any]:
         """Same results, errors and metrics as a synchronous run, from a detached run's outcome."""

@@ -205,7 +205,10 @@ class DbtExecutionTrigger(BaseTrigger):
                              "started_at": self.started_at})
 
     def _event(self, status: dict[str, Any], state: str | None = None) -> TriggerEvent:
-        return TriggerEvent(self._ctl.outcome(status, self.started_at, state))
+        outcome = self._ctl.outcome(status, self.started_at, state)
+        if isinstance(self._ctl, StoreControl):  # for a resume on the launching host: its local dir
+            outcome["local_dir"] = self.control_dir
+        return TriggerEvent(outcome)
 
     async def _cancel_and_wait(self) -> dict[str, Any] | None:
         ctl = self._ctl
