@@ -142,3 +142,28 @@ def test_salesforce_state_runs_are_pruned_where_the_pipeline_keeps_them(tmp_path
     chosen = state.selection("manual__now")
     assert Path(str(chosen["target_path"])).is_dir()
     assert [p.exists() for p in failed] == [True] * (Retention().keep - 1) + [False] * 6
+
+
+def test_a_gone_projects_cache_is_pruned_once_no_run_holds_its_shadow(runtime_root: Path, tmp_path: Path) -> None:
+    """An old DAG bundle version's checkout is removed by Airflow; its project cache goes, but never while a
+    run still holds one of its shadows, and never while its project dir is there."""
+    import fcntl
+
+    from dlh_airflow_common.core.retention import IN_USE
+    from dlh_airflow_common.core.runtime import ProjectCache
+    from dlh_airflow_common.core.safefs import ensure_dir, open_state_file
+
+    project = tmp_path / "versions" / "abc123" / "dags" / "gen"
+    project.mkdir(parents=True)
+    cache = ProjectCache.for_project(runtime_root, project).root
+    shadow = ensure_dir(runtime_root, cache / "shadows" / "v1")
+    held = open_state_file(shadow / IN_USE)
+    fcntl.flock(held, fcntl.LOCK_SH)  # as a running dbt holds its shadow
+    policy = Retention(min_age=0)
+    assert prune(runtime_root, policy) == [] and cache.is_dir()  # the project is still there
+    project.rmdir()
+    assert prune(runtime_root, policy) == [] and cache.is_dir()  # gone, but a run holds a shadow
+    os.close(held)
+    _age(cache, 0.5)
+    assert prune(runtime_root, Retention()) == [] and cache.is_dir()  # younger than min_age (1 h)
+    assert prune(runtime_root, policy) == [cache] and not cache.exists()

@@ -8,6 +8,10 @@ Kinds of dirs, each pruned on its own (patterns relative to the runtime root)::
     streams/*/*/*        control dirs of streamed per-node producers (one per launch, per DAG run)
     state/*/runs/*       per-run target dirs of pipelines (the Salesforce pipeline's failed runs)
 
+A project's cache (``projects/*``: its shared shadows, packages, rendered graphs) goes once the
+project dir it was made for is gone (an old DAG bundle version, removed by Airflow's own bundle
+cleanup), it is older than ``min_age`` and no run holds one of its shadows.
+
 A dir goes when nothing marks it alive and it is older than ``max_age``, or it is beyond the newest
 ``keep`` of its kind and older than ``min_age``. Alive: a process holds the lock on its ``.dlh_active``
 file (a running dbt, a running supervisor), or its ``status.json`` shows a heartbeat from a
@@ -34,6 +38,9 @@ log = logging.getLogger(__name__)
 
 KINDS = ("runs/*", "retry_state/*/*/*", "deferred/*", "streams/*/*/*", "state/*/runs/*")
 ACTIVE_FILE = ".dlh_active"
+PROJECT_SOURCE = ".dlh_project"  # in a project's cache: the project dir it was made for
+SHADOW_LOCK = ".shadow.lock"  # in a project's cache: one shadow builder (or pruner) at a time
+IN_USE = ".dlh_in_use"  # in a shadow version: runs hold a shared flock on it, a pruner an exclusive one
 STAMP_FILE = ".retention"
 CURRENT_LINK = "current"  # streams/<dag>/<run>/current -> the producer's newest launch dir
 HEARTBEAT_ALIVE = 600.0  # a running supervisor beats every 5 s; a stale beat is a lost host
@@ -112,7 +119,42 @@ def prune(root: Path, policy: Retention, now: float | None = None,
             if remove_tree(root, path):
                 removed.append(path)
                 _remove_empty_parents(path, pattern)
+    return removed + prune_projects(root, policy, now)
+
+
+def prune_projects(root: Path, policy: Retention, now: float | None = None) -> list[Path]:
+    """Remove the caches of projects whose dir is gone (see the module doc); return them."""
+    now = time.time() if now is None else now
+    removed = []
+    for cache in _plain_dirs(root, ["projects", "*"]):
+        try:
+            fd = os.open(cache / PROJECT_SOURCE, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "r") as fh:
+                source = fh.read().strip()
+        except OSError:
+            continue  # made before this rule: what it served is unknown, kept
+        with contextlib.suppress(OSError):
+            if not source or Path(source).is_dir() or now - last_activity(cache) < policy.min_age:
+                continue
+            if _remove_unheld(root, cache):
+                removed.append(cache)
     return removed
+
+
+def _remove_unheld(root: Path, cache: Path) -> bool:
+    """Remove a project cache while holding its builder lock and every shadow's lock; none if in use."""
+    held: list[int] = []
+    try:
+        for lock in [cache / SHADOW_LOCK, *(v / IN_USE for v in _plain_dirs(cache, ["shadows", "*"]))]:
+            with contextlib.suppress(FileNotFoundError):
+                held.append(os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+                fcntl.flock(held[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return remove_tree(root, cache)
+    except OSError:  # a run holds a shadow (or a builder builds one): kept
+        return False
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def _plain_dirs(here: Path, parts: list[str]) -> list[Path]:

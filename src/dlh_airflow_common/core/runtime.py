@@ -41,7 +41,7 @@ import yaml
 
 from dlh_airflow_common.core.exceptions import DbtProjectException, DbtRuntimeException
 from dlh_airflow_common.core.names import safe_name
-from dlh_airflow_common.core.retention import ActiveMark
+from dlh_airflow_common.core.retention import IN_USE, PROJECT_SOURCE, SHADOW_LOCK, ActiveMark
 from dlh_airflow_common.core.safefs import ensure_dir, make_dir, open_state_file, remove_tree, secure_root
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ LOCK_FILE = "package-lock.yml"
 _NOT_LINKED = {"target", "logs", LOCK_FILE, ".user.yml"}
 _KEEP_PACKAGE_VERSIONS = 3
 SHADOW_MARKER = ".dlh_shadow"  # in a shadow version: the fingerprint it was built for
-IN_USE = ".dlh_in_use"  # in a shadow version: runs hold a shared flock on it, a pruner an exclusive one
 PACKAGES_USED = ".dlh_packages"  # in a shadow version: the published packages dir it links to
 
 
@@ -171,7 +170,14 @@ class ProjectCache:
         """The project's cache dir, created (or checked) as ours under a checked runtime root."""
         digest = hashlib.sha256(str(project_dir).encode()).hexdigest()[:12]
         root = secure_root(runtime_root)
-        return cls(ensure_dir(root, root / "projects" / f"{safe_name(project_dir.name)}-{digest}"), root)
+        cache = ensure_dir(root, root / "projects" / f"{safe_name(project_dir.name)}-{digest}")
+        fd = open_state_file(cache / PROJECT_SOURCE)
+        try:  # for retention: the cache of a project dir that is gone (an old bundle version) can go
+            if not os.fstat(fd).st_size:
+                os.write(fd, str(project_dir).encode())
+        finally:
+            os.close(fd)
+        return cls(cache, root)
 
     @property
     def packages_link(self) -> Path:
@@ -485,7 +491,7 @@ class _ShadowLayout:
     def _publish(self, stable: Path, wanted: str) -> None:
         """Build and link a shadow for ``wanted``, one builder per project (a flock); then prune."""
         root = self.cache.runtime_root
-        lock = open_state_file(self.cache.root / ".shadow.lock")
+        lock = open_state_file(self.cache.root / SHADOW_LOCK)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here, then find it built
             with contextlib.suppress(OSError):
