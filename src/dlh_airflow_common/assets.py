@@ -1,0 +1,88 @@
+"""Airflow assets for the tables dbt builds: what a task declares, and the events it emits.
+
+The URI of each table comes from ``core.assets`` (Airflow-free). A node task of the ``nodes`` shape
+declares its node's :class:`Asset`; any other task that builds (``single``, a layer, the streamed
+producer, a user's own ``DbtOperator``) declares an :class:`AssetAlias` and attaches one event per
+node it built. Airflow registers a task's events only when the task succeeds. See docs/assets.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, AssetAlias
+
+from dlh_airflow_common.core.assets import AssetNamespace, asset_namespace, read_built
+from dlh_airflow_common.core.profile_setup import plain_env
+
+if TYPE_CHECKING:
+    from dlh_airflow_common.hooks.dbt import DbtHook
+
+# dbt commands that build tables: a task running one declares what it may emit.
+BUILDING_COMMANDS = ("build", "run", "seed", "snapshot", "retry")
+
+
+def table_asset(uri: str) -> Asset:
+    """The asset of one table; its name is its URI, as for ``Asset(uri)`` written by hand."""
+    return Asset(name=uri, uri=uri)
+
+
+def task_alias(dag_id: str | None, task_id: str) -> AssetAlias:
+    """What a building task may emit: one alias per task, named after it."""
+    return AssetAlias(name=f"dbt/{dag_id}/{task_id}" if dag_id else f"dbt/{task_id}")
+
+
+def builds(command: str) -> bool:
+    return (command.split() or [""])[0] in BUILDING_COMMANDS
+
+
+def hook_namespace(hook: DbtHook) -> AssetNamespace:
+    """The asset namespace of the hook's target (its connection or profiles.yml; looked up once)."""
+    output = hook.resolve_profile().output(hook.dbt_project_dir)
+    env = {**os.environ, **plain_env(hook.env_vars)}
+    return asset_namespace(output, env, hook.project_path())
+
+
+def emit_built(context: Any, outlets: Iterable[Any], artifacts: Path, hook: DbtHook,
+               log: logging.Logger | Any) -> int:
+    """One asset event per node the run in ``artifacts`` built, through what the task declared.
+
+    A node whose asset the task declares gets its extras on that asset's event (Airflow emits it);
+    any other goes through the task's alias. Returns how many events carry a built node.
+    """
+    built, invocation_id = read_built(artifacts)
+    declared = {o.uri: o for o in outlets if isinstance(o, Asset)}
+    alias = next((o for o in outlets if isinstance(o, AssetAlias)), None)
+    if not built or (not declared and alias is None):
+        return 0
+    namespace = hook_namespace(hook)
+    secrets = hook.resolve_profile().secrets
+    events: MutableMapping[Any, Any] = context["outlet_events"]
+    run_id = str(context["run_id"])
+    emitted = 0
+    for node in built:
+        uri = namespace.uri(node.relation)
+        if any(secret in uri for secret in secrets):
+            log.warning("No asset event for %s: its URI would hold a secret of the profile", node.unique_id)
+            continue
+        extra = {"dbt_unique_id": node.unique_id, "dbt_status": node.status,
+                 "rows_affected": node.rows_affected, "execution_time_s": node.execution_time,
+                 "dbt_invocation_id": invocation_id, "dag_run_id": run_id}
+        if uri in declared:
+            events[declared[uri]].extra.update(extra)
+        elif alias is not None:
+            events[alias].add(table_asset(uri), extra=extra)
+        else:
+            log.warning("%s was built as %s, but this task declares %s: no event for it (was the manifest "
+                        "built for another target or schema?)", node.unique_id, uri, ", ".join(declared))
+            continue
+        emitted += 1
+    log.info("Asset events for %d built node(s)%s", emitted, f" through alias {alias.name}" if alias else "")
+    return emitted
+
+
+__all__ = ["BUILDING_COMMANDS", "builds", "emit_built", "hook_namespace", "table_asset", "task_alias"]
