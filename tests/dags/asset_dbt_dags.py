@@ -43,7 +43,9 @@ with DAG("assets_operator", **WHEN) as operator_dag:
     on = DbtOperator(task_id="seed_on", command="seed", **_COMMON)
     off = DbtOperator(task_id="seed_off", command="seed", emit_assets=False, **_COMMON)
     listing = DbtOperator(task_id="ls", command="ls", **_COMMON)
-    on >> off >> listing
+    # detached, ends within defer_after: reported from its control dir without deferring
+    detached = DbtOperator(task_id="seed_detached", command="seed", **{**_COMMON, "deferrable": True})
+    on >> off >> listing >> detached
 
 with DAG("assets_pg", **WHEN) as pg_dag:
     DbtOperator(task_id="build", command="build", dbt_project_dir=PROJECT, conn_id="assets_pg",
