@@ -77,6 +77,19 @@ def test_one_uri_per_relation_for_every_mapped_adapter_without_a_secret(adapter:
     assert Asset(uri).uri == uri  # already in the form Airflow keeps
 
 
+@pytest.mark.parametrize("adapter", sorted(CONNECTIONS))
+def test_the_unchecked_asset_of_a_render_equals_the_checked_one(adapter: str) -> None:
+    """table_asset skips Asset.__init__ (its URI check is most of a 5,000-model render's asset cost)."""
+    from airflow.sdk import Asset
+
+    from dlh_airflow_common.assets import table_asset
+
+    uri = EXPECTED[adapter]
+    fast, checked = table_asset(uri), Asset(name=uri, uri=uri)
+    assert fast == checked and hash(fast) == hash(checked) and repr(fast) == repr(checked)
+    assert fast.extra is not table_asset(uri).extra  # nothing mutable shared between assets
+
+
 def test_postgres_and_redshift_uris_are_their_providers_own_form() -> None:
     pytest.importorskip("airflow.providers.postgres", reason="the postgres provider is in the dev group only")
     from airflow.providers.amazon.aws.assets.redshift import sanitize_uri as redshift_sanitize

@@ -56,7 +56,7 @@ class GraphNode:
     sources: list[str] = field(default_factory=list)  # sources this node reads (through ephemerals)
     version: str | None = None
     task_id: str = ""  # the Airflow task id (see assign_task_ids), cached with the graph
-    relation: list[str | None] | None = None  # [database, schema, identifier] of what it builds
+    relation: str | None = None  # what it builds: core.assets.Relation, packed
 
 
 _FIELDS = tuple(f.name for f in fields(GraphNode))
@@ -69,8 +69,8 @@ class DbtGraph:
     project_name: str
     adapter_type: str
     nodes: dict[str, GraphNode]
-    # [database, schema, identifier] of each source a rendered node reads: the inlets of its task
-    source_relations: dict[str, list[str | None]] = field(default_factory=dict)
+    # the packed relation of each source a rendered node reads: the inlets of its task
+    source_relations: dict[str, str] = field(default_factory=dict)
 
     # -- cache form -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -107,8 +107,8 @@ class DbtGraph:
     def relation(self, unique_id: str) -> Relation | None:
         """Where a built node or a read source lives (None for tests and unknown ids)."""
         node = self.nodes.get(unique_id)
-        parts = node.relation if node is not None else self.source_relations.get(unique_id)
-        return None if not parts else Relation(parts[0], parts[1], str(parts[2]))
+        packed = node.relation if node is not None else self.source_relations.get(unique_id)
+        return None if not packed else Relation.unpack(packed)
 
 
 def _fqn_selector(node: Mapping[str, Any]) -> str:
@@ -158,7 +158,7 @@ def build_graph(manifest: Mapping[str, Any], selected: Iterable[str] | None = No
             materialization=str((node.get("config") or {}).get("materialized") or node["resource_type"]),
             upstream=sorted(ups), sources=sorted(srcs),
             version=None if node.get("version") is None else str(node["version"]),
-            relation=Relation.of(node).as_list(),
+            relation=Relation.of(node).packed(),
         )
     for uid in chosen:
         node = nodes.get(uid)
@@ -193,7 +193,7 @@ def build_graph(manifest: Mapping[str, Any], selected: Iterable[str] | None = No
         project_name=str((manifest.get("metadata") or {}).get("project_name") or ""),
         adapter_type=str((manifest.get("metadata") or {}).get("adapter_type") or ""),
         nodes=out,
-        source_relations={src: Relation.of(sources[src]).as_list() for src in sorted(read)},
+        source_relations={src: Relation.of(sources[src]).packed() for src in sorted(read)},
     )
     if unknown and selected is not None:
         raise DbtGraphError(f"dbt selected nodes the manifest does not have: {', '.join(unknown[:10])}; "
