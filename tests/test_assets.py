@@ -304,6 +304,23 @@ def test_project_asset_is_the_asset_its_tasks_emit(bag: Any) -> None:
         project.asset("nope")
 
 
+def test_a_render_declares_no_assets_when_told_or_when_the_target_cannot_name_them(
+        bag: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from dlh_airflow_common.rendering import DbtProject, dbt_dag
+    from dlh_airflow_common.rendering.assets import NodeAssets
+    from dlh_airflow_common.rendering.loader import load_graph
+
+    # the graph of assets_nodes_boom is cached: the renders below start no dbt
+    assert bag.get_dag("assets_nodes_boom").task_dict["model.mart_1"].outlets  # declared when nothing stops it
+    off = dbt_dag("assets_off", DbtProject(project_dir=str(PROJECT), conn_id="render_duck", vars={"boom": True},
+                                           operator_args={"emit_assets": False}), schedule=None)
+    assert not any(t.outlets or t.inlets for t in off.tasks)
+    graph = load_graph(DbtProject(project_dir=str(PROJECT), conn_id="render_duck", vars={"boom": True}).source())
+    missing = DbtProject(project_dir=str(PROJECT), conn_id="no_such_conn")
+    assert NodeAssets.for_render(missing, graph.graph).namespace is None  # a warning, not a failed parse
+    assert "declare no assets" in caplog.text and "no_such_conn" in caplog.text
+
+
 def test_postgres_events_use_the_providers_uri_and_carry_no_secret(pg: PgServer, bag: Any) -> None:
     pytest.importorskip("airflow.providers.postgres", reason="the postgres provider is in the dev group only")
     from airflow.providers.postgres.assets.postgres import sanitize_uri
