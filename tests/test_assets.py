@@ -27,6 +27,7 @@ from tests.pgserver import PgServer
 
 PROJECT = Path(os.environ["DLH_RENDER_PROJECT_DIR"])
 DAG_FILE = REPO / "tests" / "dags" / "asset_dbt_dags.py"
+FLAKY_CSV = PROJECT.parent / "assets_flaky.csv"
 DUCK_FILE = _SCRATCH / "render.duckdb"
 ORDERS = Relation("analytics", "public", "orders")
 
@@ -266,6 +267,20 @@ def test_streamed_producer_emits_every_node_it_built_and_node_tasks_none(bag: An
     assert {e["task_id"] for es in events.values() for e in es} == {"dbt_producer"}
     assert all(len(es) == 1 for es in events.values())
     _assert_extras(events["model.gen.int_x"][0], dr)
+
+
+def test_a_retry_that_succeeds_emits_what_the_failed_try_built_too(bag: Any) -> None:
+    """Try 1 builds raw_events and stg_b, then flaky fails (Airflow registers nothing); try 2 runs
+    `dbt retry` (flaky alone) and emits all three, each with the invocation that built it."""
+    Path(FLAKY_CSV).unlink(missing_ok=True)
+    dr = bag.get_dag("assets_single_flaky").test()
+    assert dr.state == "success" and dr.get_task_instance("dbt_build").try_number == 2
+    events = _events(dr)
+    assert set(events) == {"seed.gen.raw_events", "model.gen.stg_b", "model.gen.flaky"}
+    first, second = events["model.gen.stg_b"][0], events["model.gen.flaky"][0]
+    assert first["dbt_invocation_id"] != second["dbt_invocation_id"]  # try 1's build, try 2's retry
+    for event in (first, second):
+        _assert_extras(event, dr)
 
 
 def test_layers_emit_for_the_layers_that_built(bag: Any) -> None:

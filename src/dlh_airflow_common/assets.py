@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from airflow.sdk import Asset, AssetAlias
 
-from dlh_airflow_common.core.assets import AssetNamespace, asset_namespace, read_built
+from dlh_airflow_common.core.assets import AssetNamespace, BuiltNode, asset_namespace, read_built
 from dlh_airflow_common.core.profile_setup import plain_env
 
 if TYPE_CHECKING:
@@ -87,24 +87,29 @@ def hook_namespace(hook: DbtHook) -> AssetNamespace:
     return asset_namespace(output, env, hook.project_path())
 
 
-def emit_built(context: Any, outlets: Iterable[Any], artifacts: Path, hook: DbtHook,
+def emit_built(context: Any, outlets: Iterable[Any], artifacts: Sequence[Path], hook: DbtHook,
                log: logging.Logger | Any) -> int:
-    """One asset event per node the run in ``artifacts`` built, through what the task declared.
+    """One asset event per node the runs in ``artifacts`` built, through what the task declared.
 
-    A node whose asset the task declares gets its extras on that asset's event (Airflow emits it);
-    any other goes through the task's alias. Returns how many events carry a built node.
+    ``artifacts`` are artifact dirs, oldest first (an earlier failed try's, then this try's); a node
+    built by several gets the newest. A node whose asset the task declares gets its extras on that
+    asset's event (Airflow emits it); any other goes through the task's alias. Returns how many events
+    carry a built node.
     """
-    built, invocation_id = read_built(artifacts)
+    newest: dict[str, tuple[BuiltNode, str | None]] = {}
+    for folder in artifacts:
+        nodes, invocation = read_built(folder)
+        newest.update({node.unique_id: (node, invocation) for node in nodes})
     declared = {o.uri: o for o in outlets if isinstance(o, Asset)}
     alias = next((o for o in outlets if isinstance(o, AssetAlias)), None)
-    if not built or (not declared and alias is None):
+    if not newest or (not declared and alias is None):
         return 0
     namespace = hook_namespace(hook)
     secrets = hook.resolve_profile().secrets
     events: MutableMapping[Any, Any] = context["outlet_events"]
     run_id = str(context["run_id"])
     emitted = 0
-    for node in built:
+    for node, invocation_id in newest.values():
         uri = namespace.uri(node.relation)
         if any(secret in uri for secret in secrets):
             log.warning("No asset event for %s: its URI would hold a secret of the profile", node.unique_id)

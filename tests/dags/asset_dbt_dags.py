@@ -8,7 +8,8 @@ set by its test.
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG
@@ -24,6 +25,12 @@ LAYERS = {"seeds": "resource_type:seed", "staging": "path:models/staging",
 
 # Excluding mart_2 drops its relationships test to stg_a (dbt's eager rule would run it without mart_2).
 MART_1 = {"select": ["+mart_1"], "exclude": ["mart_2"]}
+FLAKY_CSV = str(Path(PROJECT).parent / "assets_flaky.csv")  # flaky fails until it exists
+
+
+def _make_flaky_pass(context: Any) -> None:
+    """on_retry_callback: the cause of the failure goes away before the retry."""
+    Path(FLAKY_CSV).write_text("x\n1\n")
 
 
 def project(**kw: Any) -> DbtProject:
@@ -35,6 +42,9 @@ single = dbt_dag("assets_single", project(shape="single", **MART_1), **WHEN)
 single_ok = dbt_dag("assets_single_ok", project(shape="single", select=["+boom_child"]), **WHEN)
 single_boom = dbt_dag("assets_single_boom", project(shape="single", select=["+boom_child"], vars=BOOM), **WHEN)
 streamed = dbt_dag("assets_streamed", project(execution="streamed", **MART_1), **WHEN)
+single_flaky = dbt_dag("assets_single_flaky", project(
+    shape="single", select=["+flaky"], vars={"flaky": True}, env_vars={"DLH_FLAKY_CSV": FLAKY_CSV},
+    operator_args={"retries": 1, "retry_delay": timedelta(0), "on_retry_callback": _make_flaky_pass}), **WHEN)
 layers_boom = dbt_dag("assets_layers_boom", project(shape="layers", layers=LAYERS, vars=BOOM), **WHEN)
 
 _COMMON: dict[str, Any] = {"dbt_project_dir": PROJECT, "conn_id": "render_duck", "select": ["raw_events"],

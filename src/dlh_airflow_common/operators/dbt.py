@@ -356,8 +356,8 @@ class DbtOperator(BaseOperator):
                 raise
             ended = "success"
             out = result.to_dict()
+            self._emit_assets(context, hook, capture)  # before the report clears an earlier try's state
             self._lineage = self._reporter(context, hook).success(out, capture, time.time() - started)
-            self._emit_assets(context, hook, capture)
             return out
         finally:
             if self._producer is not None:
@@ -369,8 +369,11 @@ class DbtOperator(BaseOperator):
         """Asset events for the nodes this try built; best-effort like lineage (a warning, not a failure)."""
         if not self.emit_assets:
             return
+        # A try that resumed with `dbt retry` built only what failed: what the failed try built is in its
+        # retry state, and Airflow registered none of it then.
+        earlier = self._retry_state(context).path if int(context["ti"].try_number or 1) > 1 else None
         try:
-            assets.emit_built(context, self.outlets, artifacts, hook, self.log)
+            assets.emit_built(context, self.outlets, [p for p in (earlier, artifacts) if p], hook, self.log)
         except Exception as exc:
             self.log.warning("No asset events: %s: %s", type(exc).__name__, exc)
 
@@ -484,8 +487,8 @@ class DbtOperator(BaseOperator):
         seconds = time.time() - float(event.get("started_at") or time.time())
         if event.get("status") == "success":
             hook = self._make_hook(context)
+            self._emit_assets(context, hook, artifacts)  # before the report clears an earlier try's state
             self._lineage = self._reporter(context, hook).success(event["result"], artifacts, seconds)
-            self._emit_assets(context, hook, artifacts)
             return dict(event["result"])
         exc = exception_from_event(event, self.command, self.timeout)
         self._lineage = self._report_failure(context, exc, artifacts, seconds)
