@@ -167,10 +167,13 @@ def test_built_nodes_are_the_successful_models_seeds_and_snapshots() -> None:
         {"unique_id": "seed.p.s", "status": "success", "adapter_response": {"rows_affected": -1}},
         {"unique_id": "snapshot.p.snap", "status": "success"}, {"unique_id": "test.p.t", "status": "pass"},
         {"unique_id": "model.p.eph", "status": "success"}]}
-    built = {b.unique_id: b for b in built_nodes(manifest, results)}
+    built = {b.unique_id: b for b in built_nodes(results, manifest)}
     assert set(built) == {"model.p.ok", "seed.p.s", "snapshot.p.snap"}
     assert built["model.p.ok"].relation == Relation("d", "s", "ok_t") and built["model.p.ok"].rows_affected == 3
     assert built["model.p.ok"].execution_time == 1.5 and built["seed.p.s"].rows_affected is None
+    # a node task knows its relation: no manifest, only its own node
+    alone = built_nodes(results, only={"model.p.ok", "model.p.bad"})
+    assert [(b.unique_id, b.relation, b.rows_affected) for b in alone] == [("model.p.ok", None, 3)]
 
 
 # -- real dbt, real Airflow ----------------------------------------------------------------------------

@@ -88,46 +88,61 @@ def hook_namespace(hook: DbtHook) -> AssetNamespace:
 
 
 def emit_built(context: Any, outlets: Iterable[Any], artifacts: Sequence[Path], hook: DbtHook,
-               log: logging.Logger | Any) -> int:
+               log: logging.Logger | Any, unique_id: str | None = None) -> int:
     """One asset event per node the runs in ``artifacts`` built, through what the task declared.
 
     ``artifacts`` are artifact dirs, oldest first (an earlier failed try's, then this try's); a node
-    built by several gets the newest. A node whose asset the task declares gets its extras on that
-    asset's event (Airflow emits it); any other goes through the task's alias. Returns how many events
-    carry a built node.
+    built by several gets the newest. A node task (``unique_id``) declares its node's asset: that
+    event gets the extras (Airflow emits it), and no manifest is read. Otherwise each node goes
+    through the task's alias, or onto a declared asset with its URI. Returns how many events carry a
+    built node.
     """
-    newest: dict[str, tuple[BuiltNode, str | None]] = {}
-    for folder in artifacts:
-        nodes, invocation = read_built(folder)
-        newest.update({node.unique_id: (node, invocation) for node in nodes})
     declared = {o.uri: o for o in outlets if isinstance(o, Asset)}
     alias = next((o for o in outlets if isinstance(o, AssetAlias)), None)
-    if not newest or (not declared and alias is None):
+    events: MutableMapping[Any, Any] = context["outlet_events"]
+    run_id = str(context["run_id"])
+    if unique_id is not None and declared:
+        built = _newest(artifacts, only={unique_id})
+        for node, invocation_id in built:
+            for asset in declared.values():
+                events[asset].extra.update(_extra(node, invocation_id, run_id))
+        return len(built)
+    if alias is None:
+        return 0
+    built = _newest(artifacts)
+    if not built:
         return 0
     namespace = hook_namespace(hook)
     secrets = hook.resolve_profile().secrets
-    events: MutableMapping[Any, Any] = context["outlet_events"]
-    run_id = str(context["run_id"])
     emitted = 0
-    for node, invocation_id in newest.values():
+    for node, invocation_id in built:
+        assert node.relation is not None  # read with the manifest
         uri = namespace.uri(node.relation)
         if any(secret in uri for secret in secrets):
             log.warning("No asset event for %s: its URI would hold a secret of the profile", node.unique_id)
             continue
-        extra = {"dbt_unique_id": node.unique_id, "dbt_status": node.status,
-                 "rows_affected": node.rows_affected, "execution_time_s": node.execution_time,
-                 "dbt_invocation_id": invocation_id, "dag_run_id": run_id}
-        if uri in declared:
-            events[declared[uri]].extra.update(extra)
-        elif alias is not None:
-            events[alias].add(table_asset(uri), extra=extra)
+        if uri in declared:  # the user declared it too: one event, with the extras
+            events[declared[uri]].extra.update(_extra(node, invocation_id, run_id))
         else:
-            log.warning("%s was built as %s, but this task declares %s: no event for it (was the manifest "
-                        "built for another target or schema?)", node.unique_id, uri, ", ".join(declared))
-            continue
+            events[alias].add(table_asset(uri), extra=_extra(node, invocation_id, run_id))
         emitted += 1
-    log.info("Asset events for %d built node(s)%s", emitted, f" through alias {alias.name}" if alias else "")
+    log.info("Asset events for %d built node(s) through alias %s", emitted, alias.name)
     return emitted
+
+
+def _newest(artifacts: Sequence[Path], only: set[str] | None = None) -> list[tuple[BuiltNode, str | None]]:
+    """Each built node once, from the newest run that built it, with that run's invocation id."""
+    newest: dict[str, tuple[BuiltNode, str | None]] = {}
+    for folder in artifacts:
+        nodes, invocation = read_built(folder, only)
+        newest.update({node.unique_id: (node, invocation) for node in nodes})
+    return list(newest.values())
+
+
+def _extra(node: BuiltNode, invocation_id: str | None, run_id: str) -> dict[str, Any]:
+    """What the UI shows with the event: dbt's outcome of the node and the runs that built it."""
+    return {"dbt_unique_id": node.unique_id, "dbt_status": node.status, "rows_affected": node.rows_affected,
+            "execution_time_s": node.execution_time, "dbt_invocation_id": invocation_id, "dag_run_id": run_id}
 
 
 __all__ = ["BUILDING_COMMANDS", "builds", "emit_built", "hook_namespace", "table_asset", "task_alias"]

@@ -373,7 +373,8 @@ class DbtOperator(BaseOperator):
         # retry state, and Airflow registered none of it then.
         earlier = self._retry_state(context).path if int(context["ti"].try_number or 1) > 1 else None
         try:
-            assets.emit_built(context, self.outlets, [p for p in (earlier, artifacts) if p], hook, self.log)
+            assets.emit_built(context, self.outlets, [p for p in (earlier, artifacts) if p], hook, self.log,
+                              self.dbt_unique_id)
         except Exception as exc:
             self.log.warning("No asset events: %s: %s", type(exc).__name__, exc)
 

@@ -11,7 +11,6 @@ ordered by the manifest's edges), ``nodes`` (one task per model/seed/snapshot; s
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Literal
 
 from airflow.sdk import DAG, Asset, BaseOperator, TaskGroup
 
+from dlh_airflow_common.assets import hook_namespace
 from dlh_airflow_common.core.assets import AssetNamespace
 from dlh_airflow_common.core.runtime import validate_project_dir
 from dlh_airflow_common.hooks.dbt import DbtHook
@@ -37,7 +37,6 @@ from dlh_airflow_common.rendering.tasks import (
     wire,
 )
 
-log = logging.getLogger(__name__)
 PROJECT_ARGUMENT = "DbtProject(project_dir=...)"
 Shape = Literal["single", "layers", "nodes"]
 SHAPES = ("single", "layers", "nodes")
@@ -134,8 +133,6 @@ class DbtProject:
 
     def asset_namespace(self) -> AssetNamespace:
         """Where the project's tables live, as asset URIs name them (looks the connection up once)."""
-        from dlh_airflow_common.assets import hook_namespace
-
         hook = DbtHook(self.checked_dir(), conn_id=self.conn_id, profiles_dir=self.profiles_dir,
                        target=self.target, profile_name=self.profile_name, env_vars=dict(self.env_vars))
         hook.project_argument = PROJECT_ARGUMENT
