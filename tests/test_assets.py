@@ -87,7 +87,12 @@ def test_the_unchecked_asset_of_a_render_equals_the_checked_one(adapter: str) ->
 
     uri = EXPECTED[adapter]
     fast, checked = table_asset(uri), Asset(name=uri, uri=uri)
-    assert fast == checked and hash(fast) == hash(checked) and repr(fast) == repr(checked)
+    assert fast == checked and repr(fast) == repr(checked)
+    try:
+        assert hash(fast) == hash(checked)
+    except TypeError:  # Airflow 3.1 hashes every field, its extra dict too: neither is hashable there
+        with pytest.raises(TypeError):
+            hash(checked)
     assert fast.extra is not table_asset(uri).extra  # nothing mutable shared between assets
 
 
