@@ -31,7 +31,7 @@ COMPAT := compat/airflow-3.1
 test-compat: system-deps
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	$(UV) sync --project $(COMPAT) --locked
-	$(UV) run --project $(COMPAT) --locked pytest tests/test_operator.py tests/test_scheduler_smoke.py tests/test_compat.py \
+	$(UV) run --project $(COMPAT) --locked pytest tests/test_operator.py tests/test_scheduler_smoke.py tests/test_compat.py tests/test_assets.py \
 		"tests/test_first_hour.py::test_node_tasks_end_within_seconds_of_a_producer_that_failed_before_launch"
 
 # Every dbt plugin in a venv of its own, for tests/test_adapter_plugins.py. Built once per pinned

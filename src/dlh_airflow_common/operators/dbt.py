@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from dlh_airflow_common import assets
 from dlh_airflow_common._compat import AirflowSkipException
 from dlh_airflow_common.airflow_errors import raised_to_airflow
 from dlh_airflow_common.core.detached import ControlDir, copy_artifacts
@@ -114,6 +115,7 @@ class DbtOperator(BaseOperator):
     state_store: str | None = None
     state_store_conn_id: str | None = None
     sync_producer: bool | None = None
+    emit_assets: bool = True
     _producer: producer.SyncProducer | None = None  # a sync producer's writes to the state store
     _hook: DbtHook | None = None
     _watching: ControlDir | None = None  # the detached run this task watches before it defers
@@ -179,6 +181,7 @@ class DbtOperator(BaseOperator):
         state_store: str | None = None,
         state_store_conn_id: str | None = None,
         sync_producer: bool | None = None,
+        emit_assets: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -239,6 +242,9 @@ class DbtOperator(BaseOperator):
             # runs sync when asked, or when nothing detached would survive or be seen (producer.runs_sync).
             "state_store": state_store, "state_store_conn_id": state_store_conn_id,
             "sync_producer": sync_producer,
+            # An asset event per node this task built (docs/assets.md); node tasks get their asset from
+            # the renderer, any other building task an alias named after it.
+            "emit_assets": emit_assets,
         }
         # Straight into the instance dict, and only what differs from the class defaults below: a
         # rendered project makes thousands of these, and BaseOperator.__setattr__ (converter lookup,
@@ -247,6 +253,9 @@ class DbtOperator(BaseOperator):
         self.__dict__.update({k: v for k, v in own.items() if _DEFAULTS.get(k, _UNSET) != v})
         if stream_from:
             streamed.born_in_triggerer(self)
+        if emit_assets and dbt_unique_id is None and assets.builds(command):
+            self.outlets = [*self.outlets, assets.task_alias(self.dag.dag_id if self.has_dag() else None,
+                                                              self.task_id)]
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -348,6 +357,7 @@ class DbtOperator(BaseOperator):
                 raise
             ended = "success"
             out = result.to_dict()
+            self._emit_assets(context, hook, capture)  # before the report clears an earlier try's state
             self._lineage = self._reporter(context, hook).success(out, capture, time.time() - started)
             return out
         finally:
@@ -355,6 +365,19 @@ class DbtOperator(BaseOperator):
                 self._producer.end(ended, self.log)
             self._hook = self._producer = None
             shutil.rmtree(capture, ignore_errors=True)
+
+    def _emit_assets(self, context: Context, hook: DbtHook, artifacts: Path) -> None:
+        """Asset events for the nodes this try built; best-effort like lineage (a warning, not a failure)."""
+        if not self.emit_assets:
+            return
+        # A try that resumed with `dbt retry` built only what failed: what the failed try built is in its
+        # retry state, and Airflow registered none of it then.
+        earlier = self._retry_state(context).path if int(context["ti"].try_number or 1) > 1 else None
+        try:
+            assets.emit_built(context, self.outlets, [p for p in (earlier, artifacts) if p], hook, self.log,
+                              self.dbt_unique_id)
+        except Exception as exc:
+            self.log.warning("No asset events: %s: %s", type(exc).__name__, exc)
 
     def _retention(self) -> Retention:
         return settings.retention(self.retention_max_age, self.retention_keep)
@@ -480,8 +503,9 @@ class DbtOperator(BaseOperator):
         """Same results, errors and metrics as a synchronous run, from a detached run's outcome."""
         seconds = time.time() - float(event.get("started_at") or time.time())
         if event.get("status") == "success":
-            reporter = self._reporter(context, self._make_hook(context))
-            self._lineage = reporter.success(event["result"], artifacts, seconds)
+            hook = self._make_hook(context)
+            self._emit_assets(context, hook, artifacts)  # before the report clears an earlier try's state
+            self._lineage = self._reporter(context, hook).success(event["result"], artifacts, seconds)
             return dict(event["result"])
         exc = exception_from_event(event, self.command, self.timeout)
         self._lineage = self._report_failure(context, exc, artifacts, seconds)

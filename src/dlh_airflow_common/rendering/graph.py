@@ -27,11 +27,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from dlh_airflow_common.core.assets import Relation
 from dlh_airflow_common.core.exceptions import DbtProjectException
 from dlh_airflow_common.core.names import safe_name
 
 TASK_TYPES = ("model", "seed", "snapshot")
-FORMAT_VERSION = 3  # 3: tests attached to their last parent (buildable), task ids, no list of selected ids
+FORMAT_VERSION = 4  # 3: tests attached to their last parent (buildable), task ids; 4: relations (assets)
 MAX_TASK_ID = 200
 
 
@@ -55,6 +56,7 @@ class GraphNode:
     sources: list[str] = field(default_factory=list)  # sources this node reads (through ephemerals)
     version: str | None = None
     task_id: str = ""  # the Airflow task id (see assign_task_ids), cached with the graph
+    relation: str | None = None  # what it builds: core.assets.Relation, packed
 
 
 _FIELDS = tuple(f.name for f in fields(GraphNode))
@@ -67,6 +69,8 @@ class DbtGraph:
     project_name: str
     adapter_type: str
     nodes: dict[str, GraphNode]
+    # the packed relation of each source a rendered node reads: the inlets of its task
+    source_relations: dict[str, str] = field(default_factory=dict)
 
     # -- cache form -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -74,14 +78,16 @@ class DbtGraph:
         parse faster and peak smaller than one JSON object per node."""
         return {"format": FORMAT_VERSION, "project_name": self.project_name,
                 "adapter_type": self.adapter_type, "fields": list(_FIELDS),
-                "nodes": [[getattr(n, f) for f in _FIELDS] for n in self.nodes.values()]}
+                "nodes": [[getattr(n, f) for f in _FIELDS] for n in self.nodes.values()],
+                "sources": self.source_relations}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DbtGraph:
         if data.get("format") != FORMAT_VERSION or data.get("fields") != list(_FIELDS):
             raise ValueError("cached graph of another format")
         nodes = [GraphNode(*row) for row in data["nodes"]]
-        return cls(data["project_name"], data["adapter_type"], {n.unique_id: n for n in nodes})
+        return cls(data["project_name"], data["adapter_type"], {n.unique_id: n for n in nodes},
+                   data["sources"])
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -97,6 +103,12 @@ class DbtGraph:
 
     def of_type(self, *types: str) -> list[GraphNode]:
         return [n for n in self.nodes.values() if n.resource_type in types]
+
+    def relation(self, unique_id: str) -> Relation | None:
+        """Where a built node or a read source lives (None for tests and unknown ids)."""
+        node = self.nodes.get(unique_id)
+        packed = node.relation if node is not None else self.source_relations.get(unique_id)
+        return None if not packed else Relation.unpack(packed)
 
 
 def _fqn_selector(node: Mapping[str, Any]) -> str:
@@ -146,6 +158,7 @@ def build_graph(manifest: Mapping[str, Any], selected: Iterable[str] | None = No
             materialization=str((node.get("config") or {}).get("materialized") or node["resource_type"]),
             upstream=sorted(ups), sources=sorted(srcs),
             version=None if node.get("version") is None else str(node["version"]),
+            relation=Relation.of(node).packed(),
         )
     for uid in chosen:
         node = nodes.get(uid)
@@ -175,10 +188,12 @@ def build_graph(manifest: Mapping[str, Any], selected: Iterable[str] | None = No
     if source_freshness:
         _add_freshness(out, sources)
     assign_task_ids(out.values())
+    read = {src for n in out.values() for src in n.sources}
     graph = DbtGraph(
         project_name=str((manifest.get("metadata") or {}).get("project_name") or ""),
         adapter_type=str((manifest.get("metadata") or {}).get("adapter_type") or ""),
         nodes=out,
+        source_relations={src: Relation.of(sources[src]).packed() for src in sorted(read)},
     )
     if unknown and selected is not None:
         raise DbtGraphError(f"dbt selected nodes the manifest does not have: {', '.join(unknown[:10])}; "

@@ -31,7 +31,7 @@ from dlh_airflow_common.rendering.graph import DbtGraph, DbtGraphError, build_gr
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "3"  # 2: the graph is a nested object with nodes as rows; 3: tests attached by buildable
+CACHE_VERSION = "4"  # 2: nodes as rows; 3: tests attached by buildable; 4: relations (assets)
 # Never part of the project's identity: what dbt writes, and version-control noise.
 _SKIP_DIRS = {"target", "logs", "dbt_packages", "dbt_modules", ".git", "__pycache__", "node_modules", ".venv"}
 

@@ -16,11 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from airflow.sdk import DAG, BaseOperator, TaskGroup
+from airflow.sdk import DAG, Asset, BaseOperator, TaskGroup
 
+from dlh_airflow_common.assets import hook_namespace
+from dlh_airflow_common.core.assets import AssetNamespace
 from dlh_airflow_common.core.runtime import validate_project_dir
+from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.operators.settings import default_deferrable
+from dlh_airflow_common.rendering.assets import NodeAssets, model_asset
 from dlh_airflow_common.rendering.graph import build_layers
 from dlh_airflow_common.rendering.loader import GraphSource, LoadedGraph, gc_paused, load_graph
 from dlh_airflow_common.rendering.tasks import (
@@ -127,6 +131,20 @@ class DbtProject:
     def has_packages(self) -> bool:
         return any((Path(self.project_dir) / n).is_file() for n in ("packages.yml", "dependencies.yml"))
 
+    def asset_namespace(self) -> AssetNamespace:
+        """Where the project's tables live, as asset URIs name them (looks the connection up once)."""
+        hook = DbtHook(self.checked_dir(), conn_id=self.conn_id, profiles_dir=self.profiles_dir,
+                       target=self.target, profile_name=self.profile_name, env_vars=dict(self.env_vars))
+        hook.project_argument = PROJECT_ARGUMENT
+        return hook_namespace(hook)
+
+    def asset(self, name: str) -> Asset:
+        """The Airflow asset of a model, seed or snapshot (its name or unique id), for ``schedule=[...]``.
+
+        The same URI the project's tasks emit events for; see docs/assets.md.
+        """
+        return model_asset(self, load_graph(self.source()).graph, name)
+
 
 def dbt_task_group(group_id: str, project: DbtProject, **group_kwargs: Any) -> TaskGroup:
     """The project's tasks inside a task group of the DAG being defined (``with DAG(...):``)."""
@@ -183,16 +201,19 @@ def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, de
         note = ("DuckDB allows one writing process per database file: give these tasks a pool with one "
                 "slot (operator_args={'pool': ...}) or run the enclosing DAG with max_active_tasks=1.")
     ids = task_ids(graph)
+    node_assets = NodeAssets.for_render(project, graph)
     tasks: dict[str, BaseOperator] = {}
     edges: list[tuple[BaseOperator, BaseOperator]] = []
     extra_nodes = [n for n in graph.nodes.values() if n.resource_type == "source"]
     factory = NODE_EXECUTIONS[project.execution]
     if project.shape == "nodes":
         extra_nodes = list(graph.nodes.values())
+    declare = project.shape == "nodes" and project.execution == "isolated"  # streamed: the producer emits
     for node in extra_nodes:
         tasks[node.unique_id] = factory(node, ids[node.unique_id], node_doc(
             node, "source freshness" if node.resource_type == "source" else
-            ("test" if node.resource_type == "test" else "build"), note), args)
+            ("test" if node.resource_type == "test" else "build"), note),
+            node_assets.args(node, args) if declare else args)
     if project.shape == "nodes":
         edges += [(tasks[up], tasks[down]) for up, down in graph.edges()]
         if project.execution == "streamed":
@@ -209,7 +230,7 @@ def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, de
         for layer in layers:
             tasks[layer.name] = DbtOperator(
                 task_id=layer.name, command="build", select=layer.selectors(graph), extra_args=NODE_ARGS,
-                doc_md=layer_doc(layer, graph, note), **args)
+                doc_md=layer_doc(layer, graph, note), **node_assets.layer_args(layer.members, args))
         edges += [(tasks[up], tasks[layer.name]) for layer in layers for up in layer.upstream]
     if deps is not None:
         waiting = {id(down) for _, down in edges}
