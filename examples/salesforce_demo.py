@@ -60,11 +60,25 @@ def airflow_json(*args: str, env: dict[str, str]) -> Any:
     return json.loads(line)
 
 
-def task_states(dag_id: str, env: dict[str, str]) -> dict[str, str]:
+def latest_run(dag_id: str, env: dict[str, str]) -> str:
     runs = airflow_json("dags", "list-runs", dag_id, env=env)
-    latest = max(runs, key=lambda r: r.get("start_date") or r.get("logical_date") or "")
-    rows = airflow_json("tasks", "states-for-dag-run", dag_id, latest["run_id"], env=env)
+    return str(max(runs, key=lambda r: r.get("start_date") or r.get("logical_date") or "")["run_id"])
+
+
+def task_states(dag_id: str, env: dict[str, str]) -> dict[str, str]:
+    rows = airflow_json("tasks", "states-for-dag-run", dag_id, latest_run(dag_id, env), env=env)
     return {r["task_id"]: r["state"] for r in rows}
+
+
+def asset_events(dag_id: str, run_id: str) -> list[str]:
+    """The tables a run emitted asset events for (what the UI's Assets view shows), by table name."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(AssetEvent).filter(AssetEvent.source_dag_id == dag_id,
+                                                AssetEvent.source_run_id == run_id).all()
+        return sorted(str(r.asset.uri).rsplit("/", 1)[-1] for r in rows)
 
 
 def run_pipeline(label: str, env: dict[str, str]) -> dict[str, str]:
@@ -75,6 +89,8 @@ def run_pipeline(label: str, env: dict[str, str]) -> dict[str, str]:
         states = task_states(dag_id, env)
         print(f"  {dag_id}: {time.monotonic() - started:.1f}s  "
               + ", ".join(f"{t}={s}" for t, s in sorted(states.items())))
+        events = asset_events(dag_id, latest_run(dag_id, env))
+        print(f"    asset events: {len(events)}" + (f" ({', '.join(events)})" if events else ""))
     return task_states("salesforce_dbt", env)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dlh_airflow_common.core.assets import DbtAssetUriException
 from dlh_airflow_common.docs import DocsError, DocsSite
 from tests.conftest import REPO
 from tests.pgserver import PgServer
@@ -19,6 +20,8 @@ from tests.pgserver import PgServer
 DAGS = REPO / "tests" / "dags"
 sys.path.insert(0, str(REPO / "pipelines" / "salesforce" / "dags"))
 
+from salesforce_lib.assets import project as raw_project  # noqa: E402
+from salesforce_lib.assets import raw_assets  # noqa: E402
 from salesforce_lib.generator import FakeOrg  # noqa: E402
 from salesforce_lib.state import last_success  # noqa: E402
 
@@ -64,10 +67,22 @@ def pipeline(request: pytest.FixtureRequest, tmp_path: Path, airflow_db: None) -
 
 
 def _run(bag: Any, dag_id: str) -> dict[str, str]:
+    states, _ = _run_with_events(bag, dag_id)
+    return states
+
+
+def _run_with_events(bag: Any, dag_id: str) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Task states of one run, and its asset events (raw table -> extras)."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
     dr = bag.get_dag(dag_id).test()
     states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
     assert dr.state == "success", states
-    return states
+    with create_session() as session:
+        events = {str(row.asset.uri).rsplit("/", 1)[-1]: dict(row.extra or {}) for row in session.query(
+            AssetEvent).filter(AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == dr.run_id)}
+    return states, events
 
 
 def _models_rebuilt() -> set[str]:
@@ -107,7 +122,15 @@ def test_guard_skips_without_new_data_and_rebuilds_only_changed_lineage(pipeline
     bag = pipeline["bag"]
     nodes = pipeline["kind"].endswith("-nodes")
     docs_before = _docs_version()
-    _run(bag, "salesforce_extract")
+    dbt_dag = bag.get_dag("salesforce_dbt")  # scheduled on any of the raw tables the extraction emits
+    raw = {obj: asset.uri for obj, asset in raw_assets().items()}
+    assert type(dbt_dag.timetable.asset_condition).__name__ == "AssetAny"
+    assert {a.uri for a in dbt_dag.timetable.asset_condition.objects} == set(raw.values())
+    with pytest.raises(DbtAssetUriException, match="reads no source table salesforce.lead"):
+        raw_project().source_asset("salesforce", "lead")  # a clear error, naming what it does read
+    _, landed = _run_with_events(bag, "salesforce_extract")
+    assert set(landed) == {"account", "contact", "opportunity"}, landed  # every object received rows
+    assert all(e["rows_changed"] > 0 for e in landed.values()), landed
     first = _run(bag, "salesforce_dbt")
     assert first["record_success"] == "success"
     if nodes:  # one task per node; without state every node is chosen
@@ -119,8 +142,9 @@ def test_guard_skips_without_new_data_and_rebuilds_only_changed_lineage(pipeline
     assert first["dbt_docs_generate"] == "success"  # and it published a new docs site
     assert _docs_version() not in (None, docs_before)
 
-    # no new data: the guard short-circuits everything downstream
-    _run(bag, "salesforce_extract")
+    # no new data: no asset event (the dbt DAG is not woken); run by hand, the guard short-circuits it
+    _, landed = _run_with_events(bag, "salesforce_extract")
+    assert landed == {}, landed
     second = _run(bag, "salesforce_dbt")
     assert second["check_for_new_raw_data"] == "success"
     assert {s for t, s in second.items() if t != "check_for_new_raw_data"} == {"skipped"}, second
@@ -129,7 +153,8 @@ def test_guard_skips_without_new_data_and_rebuilds_only_changed_lineage(pipeline
     org = FakeOrg(pipeline["org_path"])
     org.new_contacts(3)
     org.save()
-    _run(bag, "salesforce_extract")
+    _, landed = _run_with_events(bag, "salesforce_extract")
+    assert set(landed) == {"contact"} and landed["contact"]["rows_changed"] == 3, landed
     third = _run(bag, "salesforce_dbt")
     rebuilt = _node_models(third, "success") if nodes else _models_rebuilt()
     if nodes:  # the other node tasks skipped: dbt did not choose them

@@ -1,5 +1,7 @@
 """Airflow DAG `salesforce_dbt`: transform raw_salesforce with dbt, only when new raw data arrived.
 
+Scheduled on the raw tables' assets: a run starts after `salesforce_extract` landed rows in any of
+them. For a run triggered by hand (or one woken by rows an earlier run already built),
 check_for_new_raw_data short-circuits the run when the raw watermark (newest SystemModstamp landed)
 equals the one recorded at the last successful build. Otherwise dbt checks source freshness and
 builds only what is downstream of sources with newer data (`source_status:fresher+` against the last
@@ -18,8 +20,9 @@ import os
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, BaseHook, task
+from airflow.sdk import DAG, AssetAny, BaseHook, task
 from salesforce_lib import state
+from salesforce_lib.assets import raw_assets
 from salesforce_lib.config import WAREHOUSE_CONN_ID
 from salesforce_lib.store import store_for_connection
 
@@ -44,7 +47,7 @@ def _store() -> Any:
 
 with DAG(
     "salesforce_dbt",
-    schedule="*/30 * * * *",
+    schedule=AssetAny(*raw_assets().values()),  # any of them (a list would wait for all)
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

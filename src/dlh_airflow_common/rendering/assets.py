@@ -102,4 +102,20 @@ def model_asset(project: DbtProject, graph: DbtGraph, name: str) -> Asset:
     return table_asset(project.asset_namespace().uri(relation))
 
 
-__all__ = ["NodeAssets", "model_asset"]
+def source_asset(project: DbtProject, graph: DbtGraph, source: str, table: str) -> Asset:
+    """The asset of the source table ``source.table`` the project reads (what a loader declares)."""
+    matches = [uid for uid in graph.source_relations if uid.split(".")[-2:] == [source, table]]
+    if len(matches) != 1:
+        known = sorted(".".join(uid.split(".")[-2:]) for uid in graph.source_relations)
+        raise DbtAssetUriException(
+            f"{len(matches)} sources of dbt project {graph.project_name!r} are {source}.{table} "
+            f"({', '.join(matches) or 'none'}); the selection reads: {', '.join(known[:30]) or 'no source'}"
+            if matches else
+            f"dbt project {graph.project_name!r}'s selection reads no source table {source}.{table} "
+            f"(it reads: {', '.join(known[:30]) or 'no source'}); check the source and table names")
+    relation = graph.relation(matches[0])
+    assert relation is not None
+    return table_asset(project.asset_namespace().uri(relation))
+
+
+__all__ = ["NodeAssets", "model_asset", "source_asset"]

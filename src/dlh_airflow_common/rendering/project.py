@@ -24,7 +24,7 @@ from dlh_airflow_common.core.runtime import validate_project_dir
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.operators.settings import default_deferrable
-from dlh_airflow_common.rendering.assets import NodeAssets, model_asset
+from dlh_airflow_common.rendering.assets import NodeAssets, model_asset, source_asset
 from dlh_airflow_common.rendering.graph import build_layers
 from dlh_airflow_common.rendering.loader import GraphSource, LoadedGraph, gc_paused, load_graph
 from dlh_airflow_common.rendering.tasks import (
@@ -144,6 +144,13 @@ class DbtProject:
         The same URI the project's tasks emit events for; see docs/assets.md.
         """
         return model_asset(self, load_graph(self.source()).graph, name)
+
+    def source_asset(self, source: str, table: str) -> Asset:
+        """The Airflow asset of a source table the project reads: what the task loading it declares.
+
+        Its events (from your loader) can schedule the dbt DAG: ``schedule=[project.source_asset(...)]``.
+        """
+        return source_asset(self, load_graph(self.source()).graph, source, table)
 
 
 def dbt_task_group(group_id: str, project: DbtProject, **group_kwargs: Any) -> TaskGroup:

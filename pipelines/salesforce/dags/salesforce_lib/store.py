@@ -24,6 +24,7 @@ class RawStore:
     """Dialect-neutral SQL over a DB-API connection; subclasses open the connection."""
 
     placeholder = "%s"
+    last_changed = 0  # rows the last land() inserted or changed
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
@@ -48,7 +49,9 @@ class RawStore:
             return None if row is None else str(row[0])
 
     def land(self, obj: str, records: Iterable[dict[str, Any]], batch_size: int = 1000) -> int:
-        """Upsert ``records`` and advance the watermark, all in one transaction; return rows read."""
+        """Upsert ``records`` and advance the watermark, all in one transaction; return rows read.
+
+        ``last_changed`` is then the number of rows it inserted or changed."""
         columns = columns_for(obj)
         fields = OBJECTS[obj]
         now = datetime.now(UTC)
@@ -75,6 +78,9 @@ class RawStore:
                     batch = []
             if batch:
                 cur.executemany(sql, batch)
+            # rows inserted or changed now (the boundary record the inclusive watermark reads again is not)
+            cur.execute(f"select count(*) from {table} where extracted_at = {p}", (now,))
+            self.last_changed = int((cur.fetchone() or (0,))[0])
             if newest is not None:
                 cur.execute(f"delete from {WATERMARKS} where object = {p}", (obj,))
                 cur.execute(f"insert into {WATERMARKS} values ({p}, {p}, {p})", (obj, newest, now))
