@@ -61,7 +61,7 @@ def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
     runtime.mkdir()
     env = stack_env(pg, home, runtime, free_port(), meta_db=META_DB)
     gen = make_render_project(tmp / "gen")
-    for name in ("stream", "serial", "parallel"):
+    for name in ("stream", "serial", "parallel", "assets"):
         load_external(tmp / f"{name}.duckdb")
 
     def duck(name: str) -> str:
@@ -74,6 +74,7 @@ def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
         "AIRFLOW_CONN_SMOKE_STREAM_DUCK": duck("stream"),
         "AIRFLOW_CONN_SMOKE_NODES_DUCK": duck("serial"),
         "AIRFLOW_CONN_SMOKE_NODES_DUCK_PARALLEL": duck("parallel"),
+        "AIRFLOW_CONN_SMOKE_ASSETS_DUCK": duck("assets"),
         "AIRFLOW_CONN_SMOKE_STREAM_PG": json.dumps({
             "conn_type": "postgres", "host": "127.0.0.1", "port": pg.port, "login": "dbt_user",
             "password": CANARY, "schema": "warehouse", "extra": {"schema": "streamed", "threads": 4}}),
@@ -294,3 +295,27 @@ def test_marking_the_dag_run_failed_leaves_no_dbt_process(smoke: Smoke) -> None:
     smoke.phases.append(f"DAG run marked failed: dbt gone {gone:.1f}s")
     states = _states(smoke, STREAMED_PG, run_id)
     assert states[PRODUCER] == "failed" and states["model.slow"] in ("failed", "skipped"), states
+
+
+def test_a_dag_scheduled_on_a_model_runs_after_it_was_built_and_not_after_it_failed(smoke: Smoke) -> None:
+    """Under the real scheduler: a run where the model fails emits no event for it and wakes nobody; a run
+    that builds it emits its event, and the DAG scheduled on its asset runs (proving the check can see it)."""
+    consumer = "smoke_assets_consumer"
+    events = ("select e.source_run_id, e.source_task_id from asset_event e join asset a on a.id = e.asset_id "
+              "where a.uri like '%%/boom' order by e.id")
+    _trigger(smoke, "smoke_assets_boom", "boom")
+    assert _run(smoke, "smoke_assets_boom", "boom") == "failed"
+    assert _states(smoke, "smoke_assets_boom", "boom")["model.boom"] == "failed"
+    assert smoke.meta(events) == []
+    _trigger(smoke, "smoke_assets_ok", "ok")
+    assert _run(smoke, "smoke_assets_ok", "ok") == "success", smoke.stack.report()
+    assert smoke.meta(events) == [("ok", "model.boom")]
+
+    def consumer_runs() -> list[tuple[object, ...]]:
+        return smoke.meta("select run_id, run_type, state from dag_run where dag_id = %s", consumer)
+
+    _wait("the consumer's asset-triggered run", lambda: any(r[2] == "success" for r in consumer_runs()),
+          smoke.stack, timeout=120)
+    time.sleep(3)  # one event, one run: nothing else queued behind it
+    runs = consumer_runs()
+    assert len(runs) == 1 and runs[0][1] == "asset_triggered", runs

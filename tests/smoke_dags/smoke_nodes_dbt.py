@@ -4,6 +4,8 @@
 - ``smoke_nodes_duck_parallel``: more of the project with ``max_active_tasks=4``: node tasks run at
   once and take turns on the core's DuckDB lock.
 - ``smoke_streamed_pg``: the streamed mode on PostgreSQL with a model in ``pg_sleep``, for cancelling.
+- ``smoke_assets_boom`` / ``smoke_assets_ok``: node tasks building ``+boom``, where it fails / succeeds;
+  ``smoke_assets_consumer`` is scheduled on the model ``boom``'s asset.
 
 The test passes the generated projects in ``DLH_SMOKE_NODES_DIR`` / ``DLH_SMOKE_SLOW_DIR`` and the
 connections; without them (the other smoke test shares this folder) the file defines no DAG.
@@ -15,7 +17,8 @@ import os
 from datetime import datetime
 from typing import Any
 
-from airflow.sdk import DAG  # noqa: F401  (Airflow finds DAG files by these words)
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG
 
 from dlh_airflow_common.rendering import DbtProject, dbt_dag
 
@@ -36,6 +39,12 @@ if NODES:
                                       # other parent, mart_1, is not built here, so it could only fail.
                                       exclude=["relationships_mart_1_id__id__ref_stg_a_"]),
                            max_active_tasks=4, **COMMON)
+    for dag_id, boom in (("smoke_assets_boom", True), ("smoke_assets_ok", False)):
+        globals()[dag_id] = dbt_dag(dag_id, DbtProject(project_dir=NODES, conn_id="smoke_assets_duck",
+                                                       select=["+boom"], vars={"boom": boom}), **COMMON)
+    consumed = DbtProject(project_dir=NODES, conn_id="smoke_assets_duck", select=["+boom"]).asset("boom")
+    with DAG("smoke_assets_consumer", **{**COMMON, "schedule": [consumed]}):
+        EmptyOperator(task_id="consume")
 if SLOW:
     streamed_pg_dag = dbt_dag("smoke_streamed_pg", DbtProject(
         project_dir=SLOW, conn_id="smoke_stream_pg", execution="streamed",
