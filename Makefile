@@ -20,7 +20,7 @@ system-deps:
 	@scripts/system-deps.sh
 
 test: system-deps lint typecheck
-	$(UV) run --frozen pytest
+	$(UV) run --frozen pytest --durations=15
 	$(MAKE) --no-print-directory test-compat
 
 # The lowest supported Airflow (3.1) in its own locked environment: the operator's DAG tests, the real
