@@ -412,8 +412,10 @@ class DbtOperator(BaseOperator):
             settings.check_detachable(self._root(), in_process=self.in_process, store=store is not None)
         hook = self._make_hook(context)
         in_store = producer.launch_in_store(store, context, self._retention()) if store is not None else None
-        # the run's status, progress and artifacts for its trigger and resume on any host (a producer's too)
-        mirrored = control_key(in_store[1][-1]) if in_store is not None else ()
+        # the run's status, progress and artifacts for its trigger and resume on any host; a producer's only
+        # where its trigger may not see its control dir (its node results go to the store either way)
+        mirror = in_store is not None and (not self.stream_nodes or not settings.shared_root_declared())
+        mirrored = control_key(in_store[1][-1]) if in_store is not None and mirror else ()
         identity = hook.identity or RunIdentity()
         run = DetachedRun(
             project_dir=hook.dbt_project_dir, runtime_root=self._root(), command=self._dbt_command(plan),
