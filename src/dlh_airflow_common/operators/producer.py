@@ -51,8 +51,8 @@ class SyncProducer:
         self.cancelled = False
 
     @classmethod
-    def start(cls, store: StoreSetting | None, context: Context, hook: DbtHook,
-              retention: Retention) -> SyncProducer:
+    def start(cls, store: StoreSetting | None, context: Context, hook: DbtHook, retention: Retention,
+              index: list[tuple[str, list[str]]] | None = None) -> SyncProducer:
         if store is None:
             raise DbtException(
                 "A sync producer writes node results to the state store, and none is set: set "
@@ -65,7 +65,7 @@ class SyncProducer:
             return redact(text, secrets)
 
         writer = StoreStreamWriter(opened, prefix, clean, on_lost=lambda _why: hook.cancel())
-        writer.start()
+        writer.start(index=index)
         hook.event_sink = writer
         return cls(writer)
 
