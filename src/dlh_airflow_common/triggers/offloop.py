@@ -85,7 +85,7 @@ def unread_log_bytes(fd: int) -> int:
     return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
 
 
-async def logs_delivered(timeout: float = DELIVERY_TIMEOUT, interval: float = 0.02) -> float:
+async def logs_delivered(timeout: float | None = None, interval: float = 0.02) -> float:
     """Wait until the triggerer's supervisor has read every log line written so far (at most ``timeout``).
 
     Airflow 3.3.2's supervisor closes a trigger's log file when the trigger's end reaches it, and
@@ -93,7 +93,8 @@ async def logs_delivered(timeout: float = DELIVERY_TIMEOUT, interval: float = 0.
     log. A trigger that waits for the queue to empty before its final event keeps its last lines.
     Returns the seconds waited (0 where there is no such socket).
     """
-    fd = _log_socket()
+    timeout = DELIVERY_TIMEOUT if timeout is None else timeout
+    fd = _log_socket() if timeout > 0 else None
     if fd is None:
         return 0.0
     began = time.monotonic()
