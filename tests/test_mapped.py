@@ -192,3 +192,25 @@ def _mapped_states(dr: Any) -> dict[str, str]:
     for ti in dr.get_task_instances():
         out[ti.rendered_map_index if ti.map_index >= 0 else ti.task_id] = str(ti.state)
     return out
+
+
+def test_the_producer_can_tell_whether_airflow_applies_the_naming_hook() -> None:
+    """As Airflow loads airflow_local_settings.py: the hook becomes a policy plugin of this process."""
+    import types
+
+    from airflow import policies, settings
+
+    from dlh_airflow_common import naming
+
+    manager = settings.get_policy_plugin_manager()
+    assert not naming.hook_installed()
+    local = types.ModuleType("airflow_local_settings")
+    local.task_instance_mutation_hook = naming.task_instance_mutation_hook  # type: ignore[attr-defined]
+    before = set(manager.get_plugins())
+    policies.make_plugin_from_local_settings(manager, local, {"task_instance_mutation_hook"})
+    try:
+        assert naming.hook_installed()
+    finally:
+        for plugin in set(manager.get_plugins()) - before:
+            manager.unregister(plugin)
+    assert not naming.hook_installed()
