@@ -82,9 +82,8 @@ def task_instance_mutation_hook(task_instance: Any, dag_run: Any) -> None:
 def hook_installed() -> bool:
     """Whether this Airflow process applies :func:`task_instance_mutation_hook` (as a local setting)."""
     try:
-        from airflow.policies import hookimpl  # noqa: F401  (only to know Airflow core is here)
         from airflow.settings import get_policy_plugin_manager
-    except ImportError:
+    except ImportError:  # a worker with the Task SDK alone: nothing here can tell
         return False
     try:
         impls = get_policy_plugin_manager().hook.task_instance_mutation_hook.get_hookimpls()

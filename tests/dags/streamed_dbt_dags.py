@@ -42,8 +42,3 @@ flaky_dag = dbt_dag("streamed_duck_flaky", streamed(
 # (highest priority weight) before node tasks due at the same moment, and that retry rebuilds the
 # node in the same stream, so the node task would see its success on try 1 (seen in CI).
 flaky_dag.task_dict["dbt_producer"].retries = 0
-
-# The mapped layout (one mapped task over the nodes): tests/test_mapped.py.
-mapped_dag = dbt_dag("streamed_duck_mapped", streamed("render_duck", node_layout="mapped"), **WHEN)
-mapped_boom_dag = dbt_dag("streamed_duck_mapped_boom", streamed("render_duck", node_layout="mapped",
-                                                                vars={"boom": True}), **WHEN)
