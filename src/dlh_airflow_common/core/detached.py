@@ -52,12 +52,12 @@ from dlh_airflow_common.core.safefs import ensure_dir, remove_tree, secure_root,
 from dlh_airflow_common.core.store import StateStore, store_from_env
 from dlh_airflow_common.core.store_stream import StoreStreamWriter
 from dlh_airflow_common.core.stream import (
-    NODE_INDEX,
     NODE_RESULTS,
+    NodeIndex,
     NodeResultWriter,
     NodeTally,
     current_launch,
-    index_rows,
+    read_node_index,
     write_node_index,
 )
 
@@ -279,7 +279,7 @@ class DetachedSpec:
 
 
 def launch(spec: DetachedSpec, runtime_root: Path, secret_env: Mapping[str, str],
-           stream: Path | None = None, node_index: list[tuple[str, list[str]]] | None = None) -> ControlDir:
+           stream: Path | None = None, node_index: NodeIndex | None = None) -> ControlDir:
     """Start the supervisor in a new session and return its control dir (0700, new for each launch).
 
     A deferred run's dir goes under ``deferred/``. A producer's goes into its ``stream`` dir (found by
@@ -400,7 +400,7 @@ def _supervise(ctl: ControlDir) -> int:
     final = "failed"
     try:
         if stored is not None:
-            stored.start(index=_own_index(ctl), pid=os.getpid(), launched=time.time())
+            stored.start(index=read_node_index(ctl.path), pid=os.getpid(), launched=time.time())
         if mirror is not None:
             mirror.start()
         threading.Thread(target=watch, daemon=True).start()
@@ -439,14 +439,6 @@ def _store_writer(spec: DetachedSpec, store: StateStore | None, clean: Callable[
     if not (spec.stream_nodes and store is not None and spec.store_prefix):
         return None
     return StoreStreamWriter(store, tuple(spec.store_prefix), clean, on_lost=on_lost)
-
-
-def _own_index(ctl: ControlDir) -> list[tuple[str, list[str]]] | None:
-    """The node index the launch wrote into this control dir, for the store's readers."""
-    try:
-        return index_rows(json.loads((ctl.path / NODE_INDEX).read_text()))
-    except (OSError, ValueError):
-        return None
 
 
 def _control_mirror(spec: DetachedSpec, store: StateStore | None, ctl: ControlDir) -> Any:

@@ -32,6 +32,7 @@ from dlh_airflow_common.core.store import StateStore
 from dlh_airflow_common.core.stream import (
     EARLY_FAILURE,
     NODE_INDEX,
+    NodeIndex,
     NodeTally,
     StreamState,
     early_failure_marker,
@@ -102,7 +103,7 @@ class StoreStreamWriter:
             with self._lock:
                 self._rows.append(row)
 
-    def start(self, index: list[tuple[str, list[str]]] | None = None, **fields: Any) -> None:
+    def start(self, index: NodeIndex | None = None, **fields: Any) -> None:
         """Write the node index (if any) and the first status now (the task-start check of a producer),
         then write in the background. The index goes first: a reader that sees the launch sees it."""
         if index is not None:

@@ -29,6 +29,7 @@ NODE_RESULTS = "nodes.jsonl"
 # The mapped node task's map index -> its node and the tests that run with it, written once per launch
 # before the launch is visible: a node trigger born with only its map index reads its node from here.
 NODE_INDEX = "node_index.json"
+NodeIndex = list[tuple[str, list[str]]]  # [map index] -> (unique id, the tests that run with it)
 # Written by a producer that failed before it launched dbt (a bad project, profile or deployment
 # setting): without it, its node tasks would wait for a launch that never comes.
 EARLY_FAILURE = "failed_before_launch.json"
@@ -100,12 +101,12 @@ def early_failure_message(producer_task_id: str, marker: dict[str, Any]) -> str:
             f"{marker.get('message') or '(no message)'}")
 
 
-def node_index_document(nodes: list[tuple[str, list[str]]]) -> dict[str, Any]:
+def node_index_document(nodes: NodeIndex) -> dict[str, Any]:
     """The index a producer writes for its mapped node task: ``nodes[map index] = [unique id, tests]``."""
     return {"version": 1, "nodes": [[uid, list(tests)] for uid, tests in nodes]}
 
 
-def index_rows(document: Any) -> list[tuple[str, list[str]]] | None:
+def index_rows(document: Any) -> NodeIndex | None:
     """The rows of a node index document, or None for anything else (a reader never trusts a file)."""
     rows = document.get("nodes") if isinstance(document, dict) else None
     if not isinstance(rows, list):
@@ -221,7 +222,7 @@ class StreamState:
     gone: bool = False
     early_failure: dict[str, Any] | None = None  # the producer failed before launching dbt (final try)
     # The launch's node index (map index -> unique id, tests), when its producer wrote one.
-    index: list[tuple[str, list[str]]] | None = None
+    index: NodeIndex | None = None
     # The channel's last error (an unreachable state store) and since when it has failed (epoch seconds).
     error: str | None = None
     failing_since: float | None = None
@@ -272,7 +273,7 @@ class ControlDirChannel:
             if launch != self._launch:  # a new try of the producer: start over
                 self._launch, self._offset = launch, 0
                 state.results.clear()
-                state.index = _read_index(launch) if launch is not None else None
+                state.index = read_node_index(launch) if launch is not None else None
                 changed = True
             if status != state.status:
                 state.status, changed = status, True
@@ -312,14 +313,15 @@ class ControlDirChannel:
         return status if isinstance(status, dict) else None
 
 
-def _read_index(launch: Path) -> list[tuple[str, list[str]]] | None:
+def read_node_index(launch: Path) -> NodeIndex | None:
+    """The node index of a launch's control dir, or None when it has none."""
     try:
         return index_rows(json.loads((launch / NODE_INDEX).read_text()))
     except (OSError, ValueError):
         return None
 
 
-def write_node_index(launch: Path, nodes: list[tuple[str, list[str]]]) -> None:
+def write_node_index(launch: Path, nodes: NodeIndex) -> None:
     """Write the index into a launch's control dir (0600), before the launch is linked as current."""
     fd = os.open(launch / NODE_INDEX, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -24,6 +24,7 @@ from dlh_airflow_common.core.invoke import DbtCommand, DbtTaskResult
 from dlh_airflow_common.core.retention import Retention, maybe_prune
 from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.core.store_control import StoreControl, control_key
+from dlh_airflow_common.core.stream import NodeIndex
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.lineage import emit_node_events
 from dlh_airflow_common.links import DbtArtifactsLink, DbtDocsLink
@@ -115,7 +116,7 @@ class DbtOperator(BaseOperator):
     sync_producer: bool | None = None
     # A producer of a mapped node task: map index -> (unique id, tests), set by the rendering on the
     # parsed DAG (never serialized) and written into the run's stream at launch for the node triggers.
-    node_index: list[tuple[str, list[str]]] | None = None
+    node_index: NodeIndex | None = None
     _producer: producer.SyncProducer | None = None  # a sync producer's writes to the state store
     _hook: DbtHook | None = None
     _watching: ControlDir | None = None  # the detached run this task watches before it defers

@@ -17,6 +17,7 @@ from dlh_airflow_common.core.retention import Retention
 from dlh_airflow_common.core.store import StateStore
 from dlh_airflow_common.core.store_retention import maybe_prune_store
 from dlh_airflow_common.core.store_stream import StoreStreamWriter, new_launch_name, stream_key
+from dlh_airflow_common.core.stream import NodeIndex
 from dlh_airflow_common.operators import settings
 from dlh_airflow_common.state_store import StoreSetting, open_store
 
@@ -52,7 +53,7 @@ class SyncProducer:
 
     @classmethod
     def start(cls, store: StoreSetting | None, context: Context, hook: DbtHook, retention: Retention,
-              index: list[tuple[str, list[str]]] | None = None) -> SyncProducer:
+              index: NodeIndex | None = None) -> SyncProducer:
         if store is None:
             raise DbtException(
                 "A sync producer writes node results to the state store, and none is set: set "
