@@ -327,9 +327,11 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
     pg.execute(f"create database {meta_db}")
     env = stack_env(root / name, pg, spec, conns, BENCH / ("dags_cosmos" if cosmos else "dags"), meta_db)
     env.update(store_env or {})
+    most = max(int(d.get("models", 1)) for d in dags)
     if triggerers > 1:  # each takes up to its capacity of a run's triggers (about one per model): share
-        most = max(int(d.get("models", 1)) for d in dags)
         env["AIRFLOW__TRIGGERER__CAPACITY"] = str(int(most * 1.1) // triggerers + 1)
+    elif most * 1.1 > int(SCHEDULER["AIRFLOW__TRIGGERER__CAPACITY"]):  # a run's triggers fit in one
+        env["AIRFLOW__TRIGGERER__CAPACITY"] = str(int(most * 1.1) + 1)
         print(f"  {triggerers} triggerers, capacity {env['AIRFLOW__TRIGGERER__CAPACITY']} each", flush=True)
     api_port = int(env["AIRFLOW__API__BASE_URL"].rsplit(":", 1)[1])
     runtime = Path(env["DLH_DBT_RUNTIME_ROOT"])
