@@ -332,7 +332,8 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
         env["AIRFLOW__TRIGGERER__CAPACITY"] = str(int(most * 1.1) // triggerers + 1)
     elif most * 1.1 > int(SCHEDULER["AIRFLOW__TRIGGERER__CAPACITY"]):  # a run's triggers fit in one
         env["AIRFLOW__TRIGGERER__CAPACITY"] = str(int(most * 1.1) + 1)
-        print(f"  {triggerers} triggerers, capacity {env['AIRFLOW__TRIGGERER__CAPACITY']} each", flush=True)
+    if env["AIRFLOW__TRIGGERER__CAPACITY"] != SCHEDULER["AIRFLOW__TRIGGERER__CAPACITY"]:
+        print(f"  {triggerers} triggerer(s), capacity {env['AIRFLOW__TRIGGERER__CAPACITY']} each", flush=True)
     api_port = int(env["AIRFLOW__API__BASE_URL"].rsplit(":", 1)[1])
     runtime = Path(env["DLH_DBT_RUNTIME_ROOT"])
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
