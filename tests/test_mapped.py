@@ -223,3 +223,37 @@ def test_the_producer_can_tell_whether_airflow_applies_the_naming_hook() -> None
         for plugin in set(manager.get_plugins()) - before:
             manager.unregister(plugin)
     assert not naming.hook_installed()
+
+
+def test_a_trigger_holds_its_final_event_until_the_triggerer_read_its_log_lines() -> None:
+    """The wait behind "every line in the task's own log": unread bytes on the runner's log socket."""
+    import asyncio
+    import socket
+    import subprocess
+    import sys
+
+    from dlh_airflow_common.triggers import offloop
+
+    ours, supervisor = socket.socketpair()
+    try:
+        ours.sendall(b'{"event": "model.p.a built (0.5s)"}\n' * 50)
+
+        async def wait() -> tuple[bool, float]:
+            waiting = asyncio.create_task(offloop.logs_delivered(timeout=10, fd=ours.fileno()))
+            await asyncio.sleep(0.5)
+            early = waiting.done()
+            while offloop.unread_log_bytes(ours.fileno()) > 0:  # the supervisor reads 4 KB at a time
+                supervisor.recv(4096)
+            return early, await waiting
+
+        early, waited = asyncio.run(wait())
+        assert not early and 0.5 <= waited < 5, (early, waited)
+    finally:
+        ours.close()
+        supervisor.close()
+    # The socket it watches is the one Airflow's runner logs to (found as the triggerer sets it up).
+    probe = ("import socket\nfrom airflow.sdk.execution_time.supervisor import _configure_logs_over_json_channel\n"
+             "from dlh_airflow_common.triggers.offloop import _log_socket\na, b = socket.socketpair()\n"
+             "fd = a.detach()\n_configure_logs_over_json_channel(fd)\nprint(_log_socket() == fd)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1:] == ["True"], out.stdout[-2000:] + out.stderr[-2000:]

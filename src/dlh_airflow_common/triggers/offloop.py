@@ -85,16 +85,17 @@ def unread_log_bytes(fd: int) -> int:
     return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
 
 
-async def logs_delivered(timeout: float | None = None, interval: float = 0.02) -> float:
+async def logs_delivered(timeout: float | None = None, interval: float = 0.02,
+                         fd: int | None = None) -> float:
     """Wait until the triggerer's supervisor has read every log line written so far (at most ``timeout``).
 
     Airflow 3.3.2's supervisor closes a trigger's log file when the trigger's end reaches it, and
     reads its runner's log socket 4 KB per loop: lines still queued then go to the triggerer's own
     log. A trigger that waits for the queue to empty before its final event keeps its last lines.
-    Returns the seconds waited (0 where there is no such socket).
+    Returns the seconds waited (0 where there is no such socket); ``fd``: another socket (tests).
     """
     timeout = DELIVERY_TIMEOUT if timeout is None else timeout
-    fd = _log_socket() if timeout > 0 else None
+    fd = (fd if fd is not None else _log_socket()) if timeout > 0 else None
     if fd is None:
         return 0.0
     began = time.monotonic()
