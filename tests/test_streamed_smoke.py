@@ -223,6 +223,33 @@ def test_mapped_nodes_are_born_and_ended_in_the_triggerer_named_and_logged(smoke
         own = "\n".join(p.read_text(errors="replace") for p in task_dir.glob("*.trigger.*"))
         assert f"Map index {index} is " in own and ended[str(node_state)] in own, f"{name}:\n{own[-3000:]}"
 
+    # Clearing one map index builds that node alone, on a worker (the other map indexes stay as they were)
+    index = nodes["model.mart_2"][1]
+    smoke.api("POST", f"/api/v2/dags/{MAPPED}/clearTaskInstances", {
+        "dag_run_id": run_id, "task_ids": [["dbt_nodes", index]], "dry_run": False, "only_failed": False})
+
+    def rebuilt() -> object:
+        rows = smoke.meta("select state, try_number from task_instance where dag_id = %s and run_id = %s and "
+                          "task_id = 'dbt_nodes' and map_index = %s", MAPPED, run_id, index)
+        return rows[0] if rows and rows[0][0] in ("success", "failed") and rows[0][1] == 2 else None
+
+    assert _wait("the cleared map index to end", rebuilt, smoke.stack, timeout=180) == ("success", 2)
+    again = {str(r[0]): (r[1], r[2]) for r in smoke.meta(
+        "select rendered_map_index, state, try_number from task_instance where dag_id = %s and run_id = %s "
+        "and task_id = 'dbt_nodes'", MAPPED, run_id)}
+    assert {n: s for n, (s, t) in again.items() if t != 1} == {"model.mart_2": "success"}, again
+    task_dir = run_dir / "task_id=dbt_nodes" / f"map_index={index}"
+    worker_log = (task_dir / "attempt=2.log").read_text(errors="replace")  # a worker ran try 2
+    said = _trigger_log(task_dir, 2)  # the triggerer sent try 2 to a worker at once
+    assert f"try 2: this task builds the node at map index {index} itself" in said, said
+    # mart_2 and the test that runs with it, nothing else
+    assert "dbt summary: 2 nodes in" in worker_log and "mart_2" in worker_log, worker_log[-3000:]
+    smoke.phases.append("a cleared map index rebuilt its node alone")
+
+
+def _trigger_log(task_dir: Path, attempt: int) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in task_dir.glob(f"attempt={attempt}.log.trigger.*"))
+
 
 def _duration(smoke: Smoke, dag_id: str, run_id: str) -> float:
     start, end = smoke.meta("select start_date, end_date from dag_run where dag_id = %s and run_id = %s",
