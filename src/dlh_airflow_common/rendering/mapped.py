@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 MAPPED_TASK_ID = "dbt_nodes"
 # "auto" renders the mapped layout above this many node tasks. A task per node ran in 0.8-1.1x a bare
-# `dbt build` at 100 models and 3.5x at 500 (the triggerer's N x O(N)); mapped: 0.9x at 100, 1.47x at
-# 500 on a loaded machine (bench/per_node.py; docs/streamed.md). Up to ~200 the per-node graph is cheap.
+# `dbt build` at 100 models and 3.5-3.8x at 500 (the triggerer's N x O(N)); mapped: 0.9x at 100, 1.27x at
+# 500 (bench/per_node.py; docs/streamed.md). At 200 both layouts ran about as long.
 AUTO_MAPPED_ABOVE = 200
 NODE_LAYOUTS = ("auto", "tasks", "mapped")
 
