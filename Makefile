@@ -24,8 +24,9 @@ test: system-deps lint typecheck
 	$(MAKE) --no-print-directory test-compat
 
 # The lowest supported Airflow (3.1) in its own locked environment: the operator's DAG tests, the real
-# scheduler/triggerer/api-server smoke test, the version layer, the node tasks' no-hang fallback and the asset
-# declarations Airflow 3.1 must accept (not every asset test: their dbt runs cost minutes), run from this directory so
+# scheduler/triggerer/api-server smoke test, the version layer, the node tasks' no-hang fallback, the mapped
+# layout's worker path and the asset declarations Airflow 3.1 must accept (not every asset test: their
+# dbt runs cost minutes), run from this directory so
 # tests/conftest.py and pyproject.toml's pytest settings apply. --locked: when this project's dependencies
 # change, the run stops until `python3 -m uv lock --project compat/airflow-3.1` refreshes that lock too.
 COMPAT := compat/airflow-3.1
@@ -34,6 +35,7 @@ test-compat: system-deps
 	$(UV) sync --project $(COMPAT) --locked
 	$(UV) run --project $(COMPAT) --locked pytest tests/test_operator.py tests/test_scheduler_smoke.py tests/test_compat.py \
 		"tests/test_first_hour.py::test_node_tasks_end_within_seconds_of_a_producer_that_failed_before_launch" \
+		"tests/test_mapped.py::test_mapped_nodes_under_dag_test_run_on_the_worker_path" \
 		tests/test_assets.py -k "not test_assets or unchecked_asset or nodes_shape_emits or single_shape_emits"
 
 # Every dbt plugin in a venv of its own, for tests/test_adapter_plugins.py. Built once per pinned

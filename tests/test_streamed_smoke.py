@@ -6,6 +6,10 @@ DB on the suite's PostgreSQL; the stack of test_scheduler_smoke), started once f
   producer task, which did run on a worker, so the check can see what it says is absent.
 - Isolated node tasks on one DuckDB file never hit its lock, as rendered (one task at a time) and with
   ``max_active_tasks=4`` (tasks at once, taking turns on the core's lock).
+- The mapped layout (one mapped task over the nodes) on Airflow 3.3: every map index is born and ended
+  in the triggerer, named after its node by the naming hook (installed as the deployment would, in
+  ``airflow_local_settings.py``), with its whole log in its own file; a failing model fails its map
+  index and dbt's skip of its child skips that one.
 - Cancelling the streamed mode on PostgreSQL mid-``pg_sleep``: marking the producer failed stops dbt and
   fails the waiting node tasks promptly; marking the DAG run failed leaves no dbt process behind.
 """
@@ -41,6 +45,7 @@ from tests.test_scheduler_smoke import (
 
 META_DB = "airflow_meta_streamed"
 STREAMED, STREAMED_PG = "smoke_streamed_dbt", "smoke_streamed_pg"
+MAPPED = "smoke_mapped_boom"
 SERIAL, PARALLEL = "smoke_nodes_duck", "smoke_nodes_duck_parallel"
 PRODUCER = "dbt_producer"
 # Worker traces on a task instance: the scheduler queued it for the executor (queued_dttm), and the task
@@ -61,7 +66,7 @@ def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
     runtime.mkdir()
     env = stack_env(pg, home, runtime, free_port(), meta_db=META_DB)
     gen = make_render_project(tmp / "gen")
-    for name in ("stream", "serial", "parallel", "assets"):
+    for name in ("stream", "serial", "parallel", "assets", "mapped"):
         load_external(tmp / f"{name}.duckdb")
 
     def duck(name: str) -> str:
@@ -72,6 +77,7 @@ def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
         "DLH_SMOKE_NODES_DIR": str(gen),
         "DLH_SMOKE_SLOW_DIR": str(make_slow_project(tmp / "slow")),
         "AIRFLOW_CONN_SMOKE_STREAM_DUCK": duck("stream"),
+        "AIRFLOW_CONN_SMOKE_MAPPED_DUCK": duck("mapped"),
         "AIRFLOW_CONN_SMOKE_NODES_DUCK": duck("serial"),
         "AIRFLOW_CONN_SMOKE_NODES_DUCK_PARALLEL": duck("parallel"),
         "AIRFLOW_CONN_SMOKE_ASSETS_DUCK": duck("assets"),
@@ -84,6 +90,10 @@ def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
         # the one-at-a-time DuckDB DAG and the max_active_tasks=4 one run side by side
         "AIRFLOW__CORE__PARALLELISM": "5",
     })
+    # The naming hook, as a deployment installs it (Airflow applies local settings, not plugin policies, there)
+    (home / "config").mkdir()
+    (home / "config" / "airflow_local_settings.py").write_text(
+        "from dlh_airflow_common.naming import task_instance_mutation_hook  # noqa: F401\n")
     stack = AirflowStack(home, env, int(env["AIRFLOW__API__BASE_URL"].rsplit(":", 1)[1]))
     smoke = Smoke(stack, gen, runtime, home, pg, tmp / "parallel.duckdb", [], meta_db=META_DB)
     started = time.monotonic()
@@ -95,7 +105,7 @@ def smoke(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sm
                             text=True, start_new_session=True)
     stack.clis.append(warm)
     try:
-        boot(stack, smoke.meta, (STREAMED, STREAMED_PG, SERIAL, PARALLEL))
+        boot(stack, smoke.meta, (STREAMED, STREAMED_PG, SERIAL, PARALLEL, MAPPED))
         out, _ = warm.communicate(timeout=120)
         assert warm.returncode == 0, f"rendering the DAG files failed:\n{out[-3000:]}"
         smoke.phases.append(f"parsed {time.monotonic() - started:.1f}s")
@@ -186,6 +196,60 @@ def test_streamed_nodes_run_without_a_worker(smoke: Smoke) -> None:
         assert _trigger_says(smoke, STREAMED, run_id, task, " built ("), f"no success in the triggerer log of {task}"
     triggerer_log = (smoke.stack.logs / "triggerer.log").read_text(errors="replace")
     assert "Start from trigger enabled" in triggerer_log, "\n".join(triggerer_log.splitlines()[-60:])
+
+
+@needs_airflow("3.3")  # a mapped task starts in the triggerer from Airflow 3.3 on
+def test_mapped_nodes_are_born_and_ended_in_the_triggerer_named_and_logged(smoke: Smoke) -> None:
+    run_id = "mapped_run"
+    _trigger(smoke, MAPPED, run_id)
+    state = _run(smoke, MAPPED, run_id)
+    smoke.phases.append(f"mapped run {_duration(smoke, MAPPED, run_id):.1f}s")
+    rows = smoke.meta(f"select task_id, map_index, rendered_map_index, state, try_number, {WORKER_COLUMNS} "
+                      "from task_instance where dag_id = %s and run_id = %s", MAPPED, run_id)
+    run_dir = smoke.home / "logs" / f"dag_id={MAPPED}" / f"run_id={run_id}"
+    producer = next(r for r in rows if r[0] == PRODUCER)
+    assert _worker_trace(producer[5:], run_dir / f"task_id={PRODUCER}"), producer  # the check sees a worker
+    nodes = {str(r[2]): r for r in rows if r[0] == "dbt_nodes"}
+    assert state == "failed" and producer[3] == "failed", f"{state}: {rows}\n{smoke.stack.report()}"
+    assert len(nodes) == 11 and "model.boom" in nodes, sorted(nodes)  # named by the hook, not 0..10
+    states = {name: r[3] for name, r in nodes.items()}
+    assert states.pop("model.boom") == "failed" and states.pop("model.boom_child") == "skipped", states
+    assert set(states.values()) == {"success"}, states
+    ended = {"failed": "model.gen.boom error", "skipped": "dbt skipped model.gen.boom_child", "success": " built ("}
+    for name, (_, index, _, node_state, tries, *worker) in nodes.items():
+        task_dir = run_dir / "task_id=dbt_nodes" / f"map_index={index}"
+        assert not _worker_trace(tuple(worker), task_dir), f"{name} ran on a worker: {nodes[name]}"
+        assert tries == 1, (name, tries)
+        # its own log has every line its trigger wrote, the last one (its outcome) included
+        own = "\n".join(p.read_text(errors="replace") for p in task_dir.glob("*.trigger.*"))
+        assert f"Map index {index} is " in own and ended[str(node_state)] in own, f"{name}:\n{own[-3000:]}"
+
+    # Clearing one map index builds that node alone, on a worker (the other map indexes stay as they were)
+    index = nodes["model.mart_2"][1]
+    smoke.api("POST", f"/api/v2/dags/{MAPPED}/clearTaskInstances", {
+        "dag_run_id": run_id, "task_ids": [["dbt_nodes", index]], "dry_run": False, "only_failed": False})
+
+    def rebuilt() -> object:
+        rows = smoke.meta("select state, try_number from task_instance where dag_id = %s and run_id = %s and "
+                          "task_id = 'dbt_nodes' and map_index = %s", MAPPED, run_id, index)
+        return rows[0] if rows and rows[0][0] in ("success", "failed") and rows[0][1] == 2 else None
+
+    assert _wait("the cleared map index to end", rebuilt, smoke.stack, timeout=180) == ("success", 2)
+    again = {str(r[0]): (r[1], r[2]) for r in smoke.meta(
+        "select rendered_map_index, state, try_number from task_instance where dag_id = %s and run_id = %s "
+        "and task_id = 'dbt_nodes'", MAPPED, run_id)}
+    assert {n: s for n, (s, t) in again.items() if t != 1} == {"model.mart_2": "success"}, again
+    task_dir = run_dir / "task_id=dbt_nodes" / f"map_index={index}"
+    worker_log = (task_dir / "attempt=2.log").read_text(errors="replace")  # a worker ran try 2
+    said = _trigger_log(task_dir, 2)  # the triggerer sent try 2 to a worker at once
+    assert f"try 2: this task builds the node at map index {index} itself" in said, said
+    # mart_2 and the test that runs with it, nothing else
+    assert "dbt summary: 2 nodes in" in worker_log and "mart_2" in worker_log, worker_log[-3000:]
+    smoke.phases.append("a cleared map index rebuilt its node alone")
+
+
+def _trigger_log(task_dir: Path, attempt: int) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in task_dir.glob(f"attempt={attempt}.log.trigger.*"))
 
 
 def _duration(smoke: Smoke, dag_id: str, run_id: str) -> float:

@@ -1,7 +1,7 @@
 """DAGs for bench/per_node.py, described by the JSON file in ``DLH_BENCH_SPEC`` (none without it).
 
-Each entry: dag_id, project_dir, conn_id, shape, execution, manifest_path. The manifest comes from the
-bench's bare ``dbt build`` of the same project, so parsing this file starts no dbt process.
+Each entry: dag_id, project_dir, conn_id, shape, execution, node_layout, manifest_path. The manifest
+comes from the bench's bare ``dbt build`` of the same project, so parsing this file starts no dbt process.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def _dag(entry: dict[str, Any], **kwargs: Any) -> DAG:
         return _floor(entry["dag_id"], _dag(source, auto_register=False))
     project = DbtProject(project_dir=entry["project_dir"], conn_id=entry["conn_id"], shape=entry["shape"],
                          execution=entry.get("execution", "isolated"),
+                         node_layout=entry.get("node_layout", "auto"),
                          manifest_path=entry.get("manifest_path"),
                          operator_args=entry.get("operator_args", {}))
     return dbt_dag(entry["dag_id"], project, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,

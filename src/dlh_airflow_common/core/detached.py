@@ -51,7 +51,15 @@ from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.core.safefs import ensure_dir, remove_tree, secure_root, touch
 from dlh_airflow_common.core.store import StateStore, store_from_env
 from dlh_airflow_common.core.store_stream import StoreStreamWriter
-from dlh_airflow_common.core.stream import NODE_RESULTS, NodeResultWriter, NodeTally, current_launch
+from dlh_airflow_common.core.stream import (
+    NODE_RESULTS,
+    NodeIndex,
+    NodeResultWriter,
+    NodeTally,
+    current_launch,
+    read_node_index,
+    write_node_index,
+)
 
 TERMINAL = {"success", "failed", "cancelled"}
 HEARTBEAT_SECONDS = 5.0
@@ -271,13 +279,14 @@ class DetachedSpec:
 
 
 def launch(spec: DetachedSpec, runtime_root: Path, secret_env: Mapping[str, str],
-           stream: Path | None = None) -> ControlDir:
+           stream: Path | None = None, node_index: NodeIndex | None = None) -> ControlDir:
     """Start the supervisor in a new session and return its control dir (0700, new for each launch).
 
     A deferred run's dir goes under ``deferred/``. A producer's goes into its ``stream`` dir (found by
     DAG run, :func:`core.stream.stream_dir`), whose ``current`` link then moves to it; the earlier
     launch there is abandoned (its supervisor stops dbt and removes its own dir), and since every
     launch writes only into its own dir, a stale supervisor can never write into a newer one.
+    ``node_index`` (a mapped node task's nodes) is written before the launch is linked.
     """
     root = secure_root(runtime_root)
     parent = ensure_dir(root, stream if stream is not None else root / "deferred")
@@ -285,6 +294,8 @@ def launch(spec: DetachedSpec, runtime_root: Path, secret_env: Mapping[str, str]
     fd = os.open(ctl.spec, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(asdict(spec), fh)
+    if node_index is not None:
+        write_node_index(ctl.path, node_index)
     ctl.write_status(state="starting", host=socket.gethostname(), heartbeat=time.time(), launched=time.time())
     env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
     env.update(secret_env)  # nothing here imports Airflow: its worker settings need not be valid
@@ -389,7 +400,7 @@ def _supervise(ctl: ControlDir) -> int:
     final = "failed"
     try:
         if stored is not None:
-            stored.start(pid=os.getpid(), launched=time.time())
+            stored.start(index=read_node_index(ctl.path), pid=os.getpid(), launched=time.time())
         if mirror is not None:
             mirror.start()
         threading.Thread(target=watch, daemon=True).start()

@@ -8,6 +8,7 @@ prefix ``streams/<dag>/<run>/<launch>/``:
                         batches written before it (``batches``) so a reader never takes a final status
                         before the results that came with it
     heartbeat           the time, every ``HEARTBEAT_SECONDS``
+    node_index.json     for a mapped node task: map index -> node and its tests, written once, first
 
 A producer that fails before it launches dbt writes ``early/failed_before_launch.json`` under the
 run's prefix instead (the store twin of ``stream.mark_failed_before_launch``).
@@ -30,9 +31,13 @@ from dlh_airflow_common.core.names import id_dir
 from dlh_airflow_common.core.store import StateStore
 from dlh_airflow_common.core.stream import (
     EARLY_FAILURE,
+    NODE_INDEX,
+    NodeIndex,
     NodeTally,
     StreamState,
     early_failure_marker,
+    index_rows,
+    node_index_document,
     node_result,
 )
 
@@ -98,8 +103,11 @@ class StoreStreamWriter:
             with self._lock:
                 self._rows.append(row)
 
-    def start(self, **fields: Any) -> None:
-        """Write the first status now (the task-start check of a producer), then write in the background."""
+    def start(self, index: NodeIndex | None = None, **fields: Any) -> None:
+        """Write the node index (if any) and the first status now (the task-start check of a producer),
+        then write in the background. The index goes first: a reader that sees the launch sees it."""
+        if index is not None:
+            self.store.put_json(node_index_document(index), *self.prefix, NODE_INDEX)
         self._status = {"state": "running", "host": socket.gethostname(), "launched": time.time(),
                         "heartbeat": time.time(), **fields, "batches": 0}
         self.store.put_json(self._status, *self.prefix, STATUS)
@@ -209,6 +217,8 @@ class StoreChannel:
         if launch != self._launch:  # a new try of the producer: start over
             self._launch, self._read, self._tags, self._status, self._beat = launch, set(), {}, None, 0.0
             state.results.clear()
+            state.index = index_rows(self.store.get_json(*self.prefix, launch, NODE_INDEX)) \
+                if f"{launch}/{NODE_INDEX}" in objects else None
             changed = True
         mine = {k[len(launch) + 1:]: tag for k, tag in objects.items() if k.startswith(launch + "/")}
         new = sorted(k for k in mine if k.startswith(NODES + "/") and k not in self._read)

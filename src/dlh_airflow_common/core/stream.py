@@ -26,6 +26,10 @@ from dlh_airflow_common.core.retention import CURRENT_LINK
 from dlh_airflow_common.core.safefs import ensure_dir, secure_root
 
 NODE_RESULTS = "nodes.jsonl"
+# The mapped node task's map index -> its node and the tests that run with it, written once per launch
+# before the launch is visible: a node trigger born with only its map index reads its node from here.
+NODE_INDEX = "node_index.json"
+NodeIndex = list[tuple[str, list[str]]]  # [map index] -> (unique id, the tests that run with it)
 # Written by a producer that failed before it launched dbt (a bad project, profile or deployment
 # setting): without it, its node tasks would wait for a launch that never comes.
 EARLY_FAILURE = "failed_before_launch.json"
@@ -95,6 +99,20 @@ def early_failure_message(producer_task_id: str, marker: dict[str, Any]) -> str:
     """The node task's error when its producer failed before it launched dbt."""
     return (f"The producer task {producer_task_id} failed before it started dbt, so no node was built: "
             f"{marker.get('message') or '(no message)'}")
+
+
+def node_index_document(nodes: NodeIndex) -> dict[str, Any]:
+    """The index a producer writes for its mapped node task: ``nodes[map index] = [unique id, tests]``."""
+    return {"version": 1, "nodes": [[uid, list(tests)] for uid, tests in nodes]}
+
+
+def index_rows(document: Any) -> NodeIndex | None:
+    """The rows of a node index document, or None for anything else (a reader never trusts a file)."""
+    rows = document.get("nodes") if isinstance(document, dict) else None
+    if not isinstance(rows, list):
+        return None
+    return [(str(row[0]), [str(t) for t in row[1]]) for row in rows
+            if isinstance(row, list) and len(row) == 2 and isinstance(row[1], list)]
 
 
 def node_result(event: dict[str, Any], clean: Callable[[str], str] | None = None) -> dict[str, Any] | None:
@@ -203,6 +221,8 @@ class StreamState:
     # often before a watcher has read its last status.
     gone: bool = False
     early_failure: dict[str, Any] | None = None  # the producer failed before launching dbt (final try)
+    # The launch's node index (map index -> unique id, tests), when its producer wrote one.
+    index: NodeIndex | None = None
     # The channel's last error (an unreachable state store) and since when it has failed (epoch seconds).
     error: str | None = None
     failing_since: float | None = None
@@ -253,6 +273,7 @@ class ControlDirChannel:
             if launch != self._launch:  # a new try of the producer: start over
                 self._launch, self._offset = launch, 0
                 state.results.clear()
+                state.index = read_node_index(launch) if launch is not None else None
                 changed = True
             if status != state.status:
                 state.status, changed = status, True
@@ -290,3 +311,18 @@ class ControlDirChannel:
         except (OSError, ValueError):
             return None
         return status if isinstance(status, dict) else None
+
+
+def read_node_index(launch: Path) -> NodeIndex | None:
+    """The node index of a launch's control dir, or None when it has none."""
+    try:
+        return index_rows(json.loads((launch / NODE_INDEX).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def write_node_index(launch: Path, nodes: NodeIndex) -> None:
+    """Write the index into a launch's control dir (0600), before the launch is linked as current."""
+    fd = os.open(launch / NODE_INDEX, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(node_index_document(nodes), fh)

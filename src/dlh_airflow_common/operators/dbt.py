@@ -26,6 +26,7 @@ from dlh_airflow_common.core.retention import Retention, maybe_prune
 from dlh_airflow_common.core.runtime import RunIdentity
 from dlh_airflow_common.core.safefs import check_inside
 from dlh_airflow_common.core.store_control import StoreControl, control_key
+from dlh_airflow_common.core.stream import NodeIndex
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.lineage import emit_node_events
 from dlh_airflow_common.links import DbtArtifactsLink, DbtDocsLink
@@ -116,6 +117,9 @@ class DbtOperator(BaseOperator):
     state_store_conn_id: str | None = None
     sync_producer: bool | None = None
     emit_assets: bool = True
+    # A producer of a mapped node task: map index -> (unique id, tests), set by the rendering on the
+    # parsed DAG (never serialized) and written into the run's stream at launch for the node triggers.
+    node_index: NodeIndex | None = None
     _producer: producer.SyncProducer | None = None  # a sync producer's writes to the state store
     _hook: DbtHook | None = None
     _watching: ControlDir | None = None  # the detached run this task watches before it defers
@@ -327,6 +331,8 @@ class DbtOperator(BaseOperator):
         if self.stream_from and int(context["ti"].try_number or 1) == 1:
             streamed.watch_from_worker(self, context)  # defers, or reschedules until the producer runs
         if self.stream_nodes:
+            if self.node_index is not None:
+                streamed.hint_naming_hook(self)
             with streamed.reporting_early_failure(self, context):
                 return self._run(context)
         return self._run(context)
@@ -346,7 +352,8 @@ class DbtOperator(BaseOperator):
             if sync_producer:
                 self.log.info("Producer runs dbt in this task (sync) and streams node results to %s",
                               store.url if store else None)
-                self._producer = producer.SyncProducer.start(store, context, hook, self._retention())
+                self._producer = producer.SyncProducer.start(store, context, hook, self._retention(),
+                                                             self.node_index)
             command = self._dbt_command(plan)
             try:
                 result = hook.run_dbt_task(command.command, command.select, command.exclude,
@@ -426,6 +433,7 @@ class DbtOperator(BaseOperator):
             unwatched_timeout=settings.unwatched_timeout(self.unwatched_timeout),
             stream_to=streamed.producer_dir(self._root(), context) if self.stream_nodes else None,
             store=store, store_prefix=in_store[1] if in_store else (), control_key=mirrored,
+            node_index=self.node_index if self.stream_nodes else None,
         )
         ctl = run.launch()
         self.log.info("dbt %s started detached (control dir %s)", plan.command, ctl.path)

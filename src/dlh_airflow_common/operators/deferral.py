@@ -22,6 +22,7 @@ from dlh_airflow_common.core.exceptions import (
 from dlh_airflow_common.core.invoke import DbtCommand
 from dlh_airflow_common.core.profile_setup import ResolvedProfile, plain_env
 from dlh_airflow_common.core.runtime import RunIdentity
+from dlh_airflow_common.core.stream import NodeIndex
 from dlh_airflow_common.state_store import StoreSetting, supervisor_env
 
 
@@ -47,6 +48,7 @@ class DetachedRun:
     store: StoreSetting | None = None  # a producer with a state store: node results go there instead
     store_prefix: tuple[str, ...] = ()  # this launch's prefix in the store
     control_key: tuple[str, ...] = ()  # a deferred run mirrored to the store: its key (core.store_control)
+    node_index: NodeIndex | None = None  # a producer of a mapped node task: its nodes
 
     def launch(self) -> ControlDir:
         """Write the spec (0600, in a 0700 control dir) and start the supervisor; return its dir."""
@@ -71,7 +73,7 @@ class DetachedRun:
             spec.store_prefix = list(self.store_prefix) if self.stream_to is not None else None
             spec.control_key = list(self.control_key) or None
             secret_env.update(supervisor_env(self.store))  # its credentials: the environment only
-        return launch(spec, self.runtime_root, secret_env, stream=self.stream_to)
+        return launch(spec, self.runtime_root, secret_env, stream=self.stream_to, node_index=self.node_index)
 
 
 POLL_SECONDS = 0.5

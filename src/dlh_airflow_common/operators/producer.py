@@ -17,6 +17,7 @@ from dlh_airflow_common.core.retention import Retention
 from dlh_airflow_common.core.store import StateStore
 from dlh_airflow_common.core.store_retention import maybe_prune_store
 from dlh_airflow_common.core.store_stream import StoreStreamWriter, new_launch_name, stream_key
+from dlh_airflow_common.core.stream import NodeIndex
 from dlh_airflow_common.operators import settings
 from dlh_airflow_common.state_store import StoreSetting, open_store
 
@@ -51,8 +52,8 @@ class SyncProducer:
         self.cancelled = False
 
     @classmethod
-    def start(cls, store: StoreSetting | None, context: Context, hook: DbtHook,
-              retention: Retention) -> SyncProducer:
+    def start(cls, store: StoreSetting | None, context: Context, hook: DbtHook, retention: Retention,
+              index: NodeIndex | None = None) -> SyncProducer:
         if store is None:
             raise DbtException(
                 "A sync producer writes node results to the state store, and none is set: set "
@@ -65,7 +66,7 @@ class SyncProducer:
             return redact(text, secrets)
 
         writer = StoreStreamWriter(opened, prefix, clean, on_lost=lambda _why: hook.cancel())
-        writer.start()
+        writer.start(index=index)
         hook.event_sink = writer
         return cls(writer)
 

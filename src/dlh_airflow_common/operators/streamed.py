@@ -60,12 +60,30 @@ def producer_dir(root: Path, context: Context) -> Path:
     return stream_dir(root, ti.dag_id, ti.run_id)
 
 
-def _trigger_kwargs(op: DbtOperator) -> dict[str, Any]:
-    store = settings.state_store(op.state_store, op.state_store_conn_id)
-    return {"unique_id": op.dbt_unique_id, "runtime_root": str(settings.runtime_root(op.runtime_root)),
-            "tests": op.node_tests, "producer_task_id": op.stream_from,
+def run_trigger_kwargs(runtime_root: str | None, producer_task_id: str | None, state_store: str | None,
+                       state_store_conn_id: str | None) -> dict[str, Any]:
+    """The node trigger's arguments every node task of one rendered project shares (no node in them)."""
+    store = settings.state_store(state_store, state_store_conn_id)
+    return {"runtime_root": str(settings.runtime_root(runtime_root)), "producer_task_id": producer_task_id,
             "state_store": store.url if store else None,
             "state_store_conn_id": store.conn_id if store else None}
+
+
+def _trigger_kwargs(op: DbtOperator) -> dict[str, Any]:
+    return {"unique_id": op.dbt_unique_id, "tests": op.node_tests,
+            **run_trigger_kwargs(op.runtime_root, op.stream_from, op.state_store, op.state_store_conn_id)}
+
+
+def hint_naming_hook(op: DbtOperator) -> None:
+    """A producer of a mapped node task says how to get node names into the UI when they are missing."""
+    from dlh_airflow_common.naming import hook_installed
+
+    if not hook_installed():
+        op.log.info("The node instances of this run show as map indexes 0..%d in the UI. To show node names "
+                    "instead, add this line to airflow_local_settings.py on the scheduler's host (a policy "
+                    "from a plugin is not applied there): from dlh_airflow_common.naming import "
+                    "task_instance_mutation_hook (if your own hook calls it, ignore this)",
+                    len(op.node_index or []) - 1)
 
 
 def born_in_triggerer(op: DbtOperator) -> None:

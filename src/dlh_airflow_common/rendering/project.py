@@ -25,8 +25,14 @@ from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.operators.dbt import DbtOperator
 from dlh_airflow_common.operators.settings import default_deferrable
 from dlh_airflow_common.rendering.assets import NodeAssets, model_asset, source_asset
-from dlh_airflow_common.rendering.graph import build_layers
+from dlh_airflow_common.rendering.graph import GraphNode, build_layers
 from dlh_airflow_common.rendering.loader import GraphSource, LoadedGraph, gc_paused, load_graph
+from dlh_airflow_common.rendering.mapped import (
+    AUTO_MAPPED_ABOVE,
+    NODE_LAYOUTS,
+    mapped_node_task,
+    register,
+)
 from dlh_airflow_common.rendering.tasks import (
     NODE_ARGS,
     NODE_EXECUTIONS,
@@ -69,6 +75,9 @@ class DbtProject:
     manifest_path: str | None = None  # a manifest built in CI (recommended); else `dbt ls` at render
     source_freshness: bool = False  # nodes/layers: a freshness task before the readers of each source
     execution: str = "isolated"  # nodes: how node tasks run
+    # nodes, streamed: a task per node ("tasks"), one mapped task over the nodes ("mapped"), or mapped
+    # above AUTO_MAPPED_ABOVE node tasks ("auto"); see docs/streamed.md
+    node_layout: str = "auto"
     # nodes: the unique ids a run builds, chosen at run time (a template, e.g. an XCom of `dbt ls`):
     # the other node tasks skip, and a skipped upstream does not skip its downstream.
     run_only: str | None = None
@@ -92,6 +101,12 @@ class DbtProject:
             raise ValueError('shape="layers" needs layers={"staging": "path:models/staging", ...}')
         if self.execution not in NODE_EXECUTIONS:
             raise ValueError(f"execution={self.execution!r} is not one of {', '.join(NODE_EXECUTIONS)}")
+        if self.node_layout not in NODE_LAYOUTS:
+            raise ValueError(f"node_layout={self.node_layout!r} is not one of {', '.join(NODE_LAYOUTS)}")
+        if self.node_layout == "mapped" and (self.shape, self.execution) != ("nodes", "streamed"):
+            raise ValueError('node_layout="mapped" needs shape="nodes", execution="streamed" (its node tasks '
+                             f'start in the triggerer); this project has shape={self.shape!r}, '
+                             f'execution={self.execution!r}')
         clash = sorted(_OWN_ARGS & set(self.operator_args))
         if clash:
             raise ValueError(f"operator_args repeats {', '.join(clash)}: set them on DbtProject itself")
@@ -127,6 +142,12 @@ class DbtProject:
                "state_store_conn_id": self.state_store_conn_id}
         # Unset ones are left to the operator's defaults: each task keeps its init arguments.
         return {**chosen, **{k: v for k, v in own.items() if v is not None}, **self.operator_args}
+
+    def mapped(self, node_tasks: int) -> bool:
+        """Whether the streamed nodes render as one mapped task (``node_layout``, resolved)."""
+        if (self.shape, self.execution) != ("nodes", "streamed"):
+            return False
+        return self.node_layout == "mapped" or (self.node_layout == "auto" and node_tasks > AUTO_MAPPED_ABOVE)
 
     def has_packages(self) -> bool:
         return any((Path(self.project_dir) / n).is_file() for n in ("packages.yml", "dependencies.yml"))
@@ -213,6 +234,9 @@ def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, de
     edges: list[tuple[BaseOperator, BaseOperator]] = []
     extra_nodes = [n for n in graph.nodes.values() if n.resource_type == "source"]
     factory = NODE_EXECUTIONS[project.execution]
+    if project.mapped(len(graph.nodes)):
+        _render_mapped(project, graph.nodes, deps, note, args)
+        return
     if project.shape == "nodes":
         extra_nodes = list(graph.nodes.values())
     declare = project.shape == "nodes" and project.execution == "isolated"  # streamed: the producer emits
@@ -224,11 +248,7 @@ def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, de
     if project.shape == "nodes":
         edges += [(tasks[up], tasks[down]) for up, down in graph.edges()]
         if project.execution == "streamed":
-            producer = DbtOperator(
-                task_id=PRODUCER_TASK_ID, command="build", select=list(project.select) or None,
-                exclude=list(project.exclude) or None, selector=project.selector, stream_nodes=True,
-                doc_md="Builds the whole selection in one detached `dbt build` and streams each node's "
-                       "result to the node tasks, which wait for it in the triggerer.", **args)
+            producer = _producer(project, args)
             waiting = {id(down) for _, down in edges}
             edges += [(producer, t) for t in tasks.values() if id(t) not in waiting]
             tasks[PRODUCER_TASK_ID] = producer
@@ -243,3 +263,25 @@ def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, de
         waiting = {id(down) for _, down in edges}
         edges += [(deps, t) for t in tasks.values() if id(t) not in waiting]
     wire(edges)
+
+
+def _producer(project: DbtProject, args: dict[str, Any]) -> DbtOperator:
+    return DbtOperator(
+        task_id=PRODUCER_TASK_ID, command="build", select=list(project.select) or None,
+        exclude=list(project.exclude) or None, selector=project.selector, stream_nodes=True,
+        doc_md="Builds the whole selection in one detached `dbt build` and streams each node's "
+               "result to the node tasks, which wait for it in the triggerer.", **args)
+
+
+def _render_mapped(project: DbtProject, nodes: Mapping[str, GraphNode], deps: BaseOperator | None, note: str,
+                   args: dict[str, Any]) -> None:
+    """The producer and one mapped task over the nodes (``node_layout``): a DAG whose size barely grows
+    with the node count, so the triggerer's per-trigger cost does not either."""
+    producer = _producer(project, args)
+    doc = (f"**dbt nodes** of `{Path(project.project_dir).name}`: one map index per model, seed, snapshot "
+           f"and standalone test ({len(nodes)}), each born and ended in the triggerer from the producer's "
+           "`dbt build`. A retry or a clear of one map index builds only that node, on a worker."
+           + (f"\n\n{note}" if note else ""))
+    task = mapped_node_task(list(nodes.values()), producer, doc, args)
+    register(str(task.dag_id), task.task_id, nodes)
+    wire([(producer, task)] + ([(deps, producer)] if deps is not None else []))

@@ -21,7 +21,7 @@ from dlh_airflow_common.rendering.graph import DbtGraph, GraphNode, Layer
 # them: those whose other parents are all upstream (see graph.py, which mirrors the rule).
 NODE_ARGS = ["--indirect-selection", "buildable"]
 _BUILD_ARGS = " " + " ".join(NODE_ARGS)
-_COMMANDS = {"model": "build", "seed": "build", "snapshot": "build", "test": "test",
+COMMANDS = {"model": "build", "seed": "build", "snapshot": "build", "test": "test",
              "source": "source freshness"}
 
 NodeTaskFactory = Callable[[GraphNode, str, str, Mapping[str, Any]], BaseOperator]
@@ -29,7 +29,7 @@ NodeTaskFactory = Callable[[GraphNode, str, str, Mapping[str, Any]], BaseOperato
 
 def isolated_node_task(node: GraphNode, task_id: str, doc: str, args: Mapping[str, Any]) -> BaseOperator:
     """One dbt process per task (``dbt build --select <node>``), reusing the warm partial parse."""
-    command = _COMMANDS[node.resource_type]
+    command = COMMANDS[node.resource_type]
     extra = NODE_ARGS if command == "build" else []
     return DbtOperator(task_id=task_id, command=command, select=[node.selector], extra_args=extra,
                        doc_md=doc, dbt_unique_id=node.unique_id, **args)
@@ -44,7 +44,7 @@ def streamed_node_task(node: GraphNode, task_id: str, doc: str, args: Mapping[st
     ``trigger_rule="always"``: it starts watching when the run starts, and dbt's result, not the
     upstream tasks' states, decides its outcome (edges stay for the graph view).
     """
-    command = _COMMANDS[node.resource_type]
+    command = COMMANDS[node.resource_type]
     extra = NODE_ARGS if command == "build" else []
     return DbtOperator(task_id=task_id, command=command, select=[node.selector], extra_args=extra,
                        doc_md=doc, dbt_unique_id=node.unique_id, stream_from=PRODUCER_TASK_ID,

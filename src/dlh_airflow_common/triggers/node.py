@@ -7,6 +7,10 @@ Hundreds of node triggers of one run share one reader of that run's stream per t
 
 When the node was not built in this producer run (not selected, or this is a retry / a clear of
 the task), the trigger resumes the task on a worker, which then builds the node itself.
+
+A map index of the mapped node task is born with no node in its arguments (Airflow starts every
+index with the same ones): its trigger reads its node from the node index the producer wrote into
+its launch, at its own map index.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from dlh_airflow_common.core.stream import (
     early_failure_message,
     stream_dir,
 )
+from dlh_airflow_common.naming import mapped_node
 from dlh_airflow_common.state_store import StoreSetting, open_store
-from dlh_airflow_common.triggers.offloop import Line, run_off_loop, write_lines
+from dlh_airflow_common.triggers.offloop import Line, logs_delivered, run_off_loop, write_lines
 
 TERMINAL = {"success", "failed", "cancelled"}
 STORE_POLL_SECONDS = 1.0
@@ -117,8 +122,8 @@ class DbtNodeTrigger(BaseTrigger):
 
     def __init__(
         self,
-        unique_id: str,
-        runtime_root: str,
+        unique_id: str | None = None,  # None: a map index of the mapped node task (see module doc)
+        runtime_root: str = "",
         tests: list[str] | None = None,
         producer_task_id: str = "dbt_producer",
         end_task: bool = True,
@@ -143,6 +148,7 @@ class DbtNodeTrigger(BaseTrigger):
         self.start_timeout = start_timeout
         self.state_store, self.state_store_conn_id = state_store, state_store_conn_id
         self._lines: list[Line] = []  # queued by the decision, written by _flush_log
+        self._map_index = -1
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("dlh_airflow_common.triggers.node.DbtNodeTrigger", {
@@ -176,12 +182,19 @@ class DbtNodeTrigger(BaseTrigger):
             raise RuntimeError("DbtNodeTrigger needs its task instance (dag id, run id) to find its producer")
         return str(dag_id), str(run_id), int(self.try_number or getattr(ti, "try_number", 1) or 1)
 
+    def _label(self) -> str:
+        return self.unique_id or f"the node at map index {self._map_index}"
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         dag_id, run_id, try_number = self._run_identity()
+        if self.unique_id is None:
+            self._map_index = mapped_node(self.task_instance)[0]
+            if self._map_index < 0:
+                raise RuntimeError("DbtNodeTrigger needs unique_id, or a task instance of a mapped node task")
         path = stream_dir(Path(self.runtime_root), dag_id, run_id)
         if try_number > 1:
-            resume = self._resume("run_itself", f"try {try_number}: this task builds {self.unique_id} itself")
-            await self._flush_log()
+            resume = self._resume("run_itself", f"try {try_number}: this task builds {self._label()} itself")
+            await self._flush_log(final=True)
             yield resume
             return
         reader = self._attach(path, dag_id, run_id)
@@ -189,10 +202,11 @@ class DbtNodeTrigger(BaseTrigger):
         counts = None
         try:
             while True:
+                event = None
                 try:
                     event = self._decide(reader.state, path, started)
                 finally:  # also the lines queued before a bad row raised
-                    await self._flush_log()
+                    await self._flush_log(final=event is not None)
                 if event is not None:
                     yield event
                     return
@@ -213,11 +227,32 @@ class DbtNodeTrigger(BaseTrigger):
                                     lambda: StoreChannel(open_store(setting), prefix),
                                     max(self.poll_interval, STORE_POLL_SECONDS))
 
+    def _bind(self, state: StreamState) -> TriggerEvent | None:
+        """A map index's node, from the launch's node index once the launch is seen; an error event when
+        the producer wrote none or too short a one."""
+        if self.unique_id is not None or not state.seen:
+            return None
+        if state.index is None:
+            return self._end("failed", f"The producer task {self.producer_task_id} launched dbt without a "
+                             "node index, so this map index cannot tell its node: its worker parsed a DAG "
+                             "file that does not render node_layout='mapped' (another version of it?). Clear "
+                             "this task to build its node on a worker")
+        if self._map_index >= len(state.index):
+            return self._end("failed", f"Map index {self._map_index} is beyond the producer's node index "
+                             f"({len(state.index)} nodes): the DAG file changed between the scheduler's "
+                             "parse and the producer's. Clear this task to build its node on a worker")
+        self.unique_id, self.tests = state.index[self._map_index]
+        self._lines.append(("info", f"Map index {self._map_index} is {self.unique_id}"))
+        return None
+
     def _decide(self, state: StreamState, path: Path, started: float) -> TriggerEvent | None:
         """The task's outcome once the stream tells it, else None (keep waiting)."""
+        unbound = self._bind(state)
+        if unbound is not None:
+            return unbound
         status = state.status or {}
         finished = status.get("state") in TERMINAL
-        node = state.results.get(self.unique_id)
+        node = state.results.get(self.unique_id) if self.unique_id else None
         tests = [state.results[t] for t in self.tests if t in state.results]
         failing = time.time() - (state.failing_since or time.time())
         if state.error is not None and failing > self.heartbeat_timeout:
@@ -233,7 +268,7 @@ class DbtNodeTrigger(BaseTrigger):
         if state.early_failure is not None and not state.seen:
             return self._end("failed", early_failure_message(self.producer_task_id, state.early_failure))
         if finished:
-            return self._resume("run_itself", f"{self.unique_id} was not built by the producer run "
+            return self._resume("run_itself", f"{self._label()} was not built by the producer run "
                                 "(not selected there): this task builds it itself")
         if not state.seen:
             if time.monotonic() - started > self.start_timeout:
@@ -250,7 +285,7 @@ class DbtNodeTrigger(BaseTrigger):
         return None
 
     def _cancelled(self, when: str) -> TriggerEvent:
-        return self._end("failed", f"The producer run was cancelled {when} {self.unique_id} (its task was "
+        return self._end("failed", f"The producer run was cancelled {when} {self._label()} (its task was "
                          f"killed, marked failed or timed out); see the log of task {self.producer_task_id}")
 
     def _outcome(self, node: dict[str, Any], tests: list[dict[str, Any]]) -> TriggerEvent:
@@ -279,10 +314,14 @@ class DbtNodeTrigger(BaseTrigger):
         else:
             self._lines.append(("error", f"{line}: {message}"))
 
-    async def _flush_log(self) -> None:
-        """Write the lines the decision queued, off the event loop (``triggers.offloop``)."""
+    async def _flush_log(self, final: bool = False) -> None:
+        """Write the lines the decision queued, off the event loop (``triggers.offloop``). Before the final
+        event, also wait until the triggerer has read them: it closes the task's log when the event
+        reaches it, and lines still in the socket then go to the triggerer's own log."""
         lines, self._lines = self._lines, []
         await write_lines(self.log, lines)
+        if final and lines:
+            await logs_delivered()
 
     def _end(self, outcome: str, message: str) -> TriggerEvent:
         self._lines.append(("error" if outcome == "failed" else "info", message))

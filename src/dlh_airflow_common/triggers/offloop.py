@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import fcntl
 import functools
 import os
+import stat
+import struct
+import termios
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -26,6 +31,9 @@ T = TypeVar("T")
 Line = tuple[str, str]  # (level: "info" | "warning" | "error", message)
 
 _threads: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+# How long a trigger holds its final event for its log lines to be read (the triggerer's supervisor
+# reads nothing while it builds a batch of new triggers: seconds, at hundreds of them).
+DELIVERY_TIMEOUT = 60.0
 
 
 def _thread(name: str) -> ThreadPoolExecutor:
@@ -54,3 +62,48 @@ async def write_lines(log: Any, lines: Sequence[Line]) -> None:
 def _write(log: Any, lines: list[Line]) -> None:
     for level, message in lines:
         getattr(log, level)("%s", message)
+
+
+def _log_socket() -> int | None:
+    """The fd of the trigger runner's log socket to its supervisor, else None (dag.test(), a worker).
+
+    Airflow internals: the runner's structlog logger factory writes JSON lines to it (``io``); stdlib
+    loggers end in the same fd.
+    """
+    try:
+        import structlog
+
+        io = getattr(structlog.get_config().get("logger_factory"), "io", None)
+        fd = io.fileno() if io is not None else None
+        return fd if isinstance(fd, int) and stat.S_ISSOCK(os.fstat(fd).st_mode) else None
+    except Exception:
+        return None
+
+
+def unread_log_bytes(fd: int) -> int:
+    """Bytes written to a Unix socket that its reader has not read yet (Linux ``SIOCOUTQ``)."""
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+
+
+async def logs_delivered(timeout: float | None = None, interval: float = 0.02,
+                         fd: int | None = None) -> float:
+    """Wait until the triggerer's supervisor has read every log line written so far (at most ``timeout``).
+
+    Airflow 3.3.2's supervisor closes a trigger's log file when the trigger's end reaches it, and
+    reads its runner's log socket 4 KB per loop: lines still queued then go to the triggerer's own
+    log. A trigger that waits for the queue to empty before its final event keeps its last lines.
+    Returns the seconds waited (0 where there is no such socket); ``fd``: another socket (tests).
+    """
+    timeout = DELIVERY_TIMEOUT if timeout is None else timeout
+    fd = (fd if fd is not None else _log_socket()) if timeout > 0 else None
+    if fd is None:
+        return 0.0
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        try:
+            if unread_log_bytes(fd) <= 0:
+                break
+        except OSError:
+            break
+        await asyncio.sleep(interval)
+    return time.monotonic() - began
