@@ -240,6 +240,26 @@ def test_a_sync_producer_streams_to_the_store_as_dbt_finishes_each_node(bag: Any
     _no_secret_on_disk()
 
 
+def test_a_mapped_producer_writes_its_node_index_to_the_store_before_its_status(bag: Any, s3: S3Server) -> None:
+    """Map indexes born in a triggerer on another host read their node from there (the detached producer's
+    supervisor copies its launch's index to the store before the first status)."""
+    from dlh_airflow_common.core.store_stream import StoreChannel, stream_key
+    from dlh_airflow_common.core.stream import StreamState
+    from dlh_airflow_common.state_store import StoreSetting, open_store
+
+    dag = bag.get_dag("store_mapped_boom")
+    dr = dag.test()
+    states = {ti.rendered_map_index if ti.map_index >= 0 else ti.task_id: str(ti.state)
+              for ti in dr.get_task_instances()}
+    assert states["model.boom"] == "failed" and states["model.boom_child"] == "skipped", states
+    (objects,) = _run_objects(s3, dr.dag_id, dr.run_id).values()
+    assert "node_index.json" in objects, objects
+    state = StreamState()
+    StoreChannel(open_store(StoreSetting(f"s3://{BUCKET}/suite", CONN_ID)), stream_key(dr.dag_id, dr.run_id)).poll(state)
+    assert state.index == dag.task_dict["dbt_producer"].node_index  # map index -> node and tests, in order
+    assert [uid for uid, _ in state.index] == dag.task_dict["dbt_nodes"].expand_input.value["dbt_unique_id"]
+
+
 # -- settings and the producer's variant ---------------------------------------------------------
 def test_the_state_store_setting_comes_from_the_argument_then_env_then_config(monkeypatch: pytest.MonkeyPatch) -> None:
     from dlh_airflow_common.operators import settings

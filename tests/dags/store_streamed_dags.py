@@ -28,3 +28,7 @@ def through_store(**operator_args: object) -> DbtProject:
 detached_dag = dbt_dag("store_streamed_boom", through_store(), **WHEN)
 # The producer as a plain sync task (as on KubernetesExecutor), writing node results as dbt goes.
 sync_dag = dbt_dag("store_streamed_boom_sync", through_store(sync_producer=True), **WHEN)
+# The mapped layout: the producer's node index goes to the store too (tests/test_mapped.py's store test).
+mapped_dag = dbt_dag("store_mapped_boom", DbtProject(
+    project_dir=PROJECT, conn_id="render_duck", execution="streamed", node_layout="mapped", vars={"boom": True},
+    state_store=STORE, state_store_conn_id="dlh_s3"), **WHEN)
