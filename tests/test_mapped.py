@@ -184,14 +184,14 @@ def test_mapped_nodes_under_dag_test_run_on_the_worker_path(airflow_db: None) ->
 
     bag = DagBag(str(REPO / "tests" / "dags" / "mapped_dbt_dags.py"))
     assert not bag.import_errors, bag.import_errors
-    dr = bag.get_dag("streamed_duck_mapped_boom").test()
+    dr = bag.get_dag("mapped_streamed_duck_boom").test()
     by_node = _mapped_states(dr)
     assert by_node["model.boom"] == "failed", by_node
     assert by_node["model.boom_child"] == "skipped", by_node
     assert by_node["model.mart_1"] == "success" and by_node["seed.raw_events"] == "success", by_node
     assert by_node["dbt_producer"] == "failed"
     assert len(by_node) == 12, by_node  # the producer and every node
-    runs = _run_dirs("streamed_duck_mapped_boom")
+    runs = _run_dirs("mapped_streamed_duck_boom")
     assert len(runs) == 1 and "_dbt_producer_" in runs[0], runs  # one dbt process built them all
 
 

@@ -44,7 +44,8 @@ def _states(dr: Any) -> dict[str, str]:
 
 
 def _run_dirs(dag_id: str) -> list[str]:
-    return sorted(p.name for p in RUNTIME.glob(f"runs/run_*_{dag_id}_*"))
+    """Run dirs of this DAG (``run_<YYYYmmdd>_<HHMMSS>_<dag>_...``: not of a DAG whose id merely contains it)."""
+    return sorted(p.name for p in RUNTIME.glob(f"runs/run_{'?' * 8}_{'?' * 6}_{dag_id}_*"))
 
 
 @pytest.mark.parametrize("dag_id", ["streamed_duck", "streamed_pg"])

@@ -366,7 +366,7 @@ def test_a_dag_scheduled_on_a_model_runs_after_it_was_built_and_not_after_it_fai
     that builds it emits its event, and the DAG scheduled on its asset runs (proving the check can see it)."""
     consumer = "smoke_assets_consumer"
     events = ("select e.source_run_id, e.source_task_id from asset_event e join asset a on a.id = e.asset_id "
-              "where a.uri like '%%/boom' order by e.id")
+              "where a.uri like '%%/boom' and e.source_dag_id like 'smoke_assets_%%' order by e.id")
     _trigger(smoke, "smoke_assets_boom", "boom")
     assert _run(smoke, "smoke_assets_boom", "boom") == "failed"
     assert _states(smoke, "smoke_assets_boom", "boom")["model.boom"] == "failed"

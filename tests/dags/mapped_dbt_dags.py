@@ -14,7 +14,7 @@ from airflow.sdk import DAG  # noqa: F401  (Airflow finds DAG files by these wor
 from dlh_airflow_common.rendering import DbtProject, dbt_dag
 
 mapped_boom_dag = dbt_dag(
-    "streamed_duck_mapped_boom",
+    "mapped_streamed_duck_boom",
     DbtProject(project_dir=os.environ.get("DLH_RENDER_PROJECT_DIR", "/nonexistent"), conn_id="render_duck",
                execution="streamed", node_layout="mapped", vars={"boom": True},
                operator_args={"keep_target_artifacts": True}),
