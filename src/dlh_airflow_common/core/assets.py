@@ -22,11 +22,11 @@ from urllib.parse import quote
 
 from dlh_airflow_common.core.duckdb_lock import file_path, render_path
 from dlh_airflow_common.core.exceptions import DbtProfileException
+from dlh_airflow_common.core.profiles import SECRET_PREFIX
 
 BUILT_TYPES = ("model", "seed", "snapshot")
 _DEFAULT_PORTS = {"postgres": 5432, "redshift": 5439, "trino": 8080, "dremio": 9047}
 _SEP = "\x1f"  # ASCII unit separator: in no identifier
-_SECRET_MARK = "DBT_ENV_SECRET_"  # noqa: S105 - the prefix of dbt's secret variables, not a secret
 
 
 class DbtAssetUriException(DbtProfileException):
@@ -87,9 +87,9 @@ def _field(target: Mapping[str, Any], key: str, env: Mapping[str, str], adapter:
         raise DbtAssetUriException(f"The {adapter} target has no {key!r}, which its asset URIs need: set it "
                                    "in the connection (or profiles.yml), or pass emit_assets=False")
     text = str(raw)
-    if _SECRET_MARK in text:
+    if SECRET_PREFIX in text:
         raise DbtAssetUriException(f"The {adapter} target's {key!r} reads a secret variable "
-                                   f"({_SECRET_MARK}*); an asset URI never holds a secret: use a plain "
+                                   f"({SECRET_PREFIX}*); an asset URI never holds a secret: use a plain "
                                    "value or variable for it")
     value, why = render_path(text, env)
     if value is None:
