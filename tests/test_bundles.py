@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -83,10 +84,12 @@ def _run(bag: Any, dag_id: str) -> Any:
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     repo = tmp_path / "repo"
     make_render_project(repo / "dags" / "gen")
-    (repo / "dags" / "dbt_bundle.py").write_text(DAG_FILE)
+    # not dbt_*.py: Airflow puts a bundle's path on sys.path, and dbt imports every dbt_* module there
+    (repo / "dags" / "bundle_dags.py").write_text(DAG_FILE)
     _git(tmp_path, "init", "-q", "-b", "main", str(repo))
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "v1")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # what the bundles put there goes with the test
     monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH", str(tmp_path / "bundles"))
     monkeypatch.setenv("DLH_BUNDLE_FLAKY_CSV", str(tmp_path / "flaky.csv"))
     monkeypatch.setenv("AIRFLOW_CONN_DBT_REPO_GIT", json.dumps({"conn_type": "git", "host": str(repo)}))
