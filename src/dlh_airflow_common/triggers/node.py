@@ -42,7 +42,13 @@ from dlh_airflow_common.core.stream import (
 )
 from dlh_airflow_common.naming import mapped_node
 from dlh_airflow_common.state_store import StoreSetting, open_store
-from dlh_airflow_common.triggers.offloop import Line, logs_delivered, run_off_loop, write_lines
+from dlh_airflow_common.triggers.offloop import (
+    DELIVERY_TIMEOUT,
+    Line,
+    logs_delivered,
+    run_off_loop,
+    write_lines,
+)
 
 TERMINAL = {"success", "failed", "cancelled"}
 STORE_POLL_SECONDS = 1.0
@@ -320,8 +326,9 @@ class DbtNodeTrigger(BaseTrigger):
         reaches it, and lines still in the socket then go to the triggerer's own log."""
         lines, self._lines = self._lines, []
         await write_lines(self.log, lines)
-        if final and lines:
-            await logs_delivered()
+        if final and lines and await logs_delivered() >= DELIVERY_TIMEOUT:
+            self.log.warning("The triggerer did not read this task's last log lines within %.0fs; "
+                             "some may be in the triggerer's own log", DELIVERY_TIMEOUT)
 
     def _end(self, outcome: str, message: str) -> TriggerEvent:
         self._lines.append(("error" if outcome == "failed" else "info", message))
