@@ -156,6 +156,31 @@ def test_a_map_index_trigger_reads_its_node_and_tests_from_the_producers_index(t
     assert beyond["outcome"] == "failed" and "Map index 3 is beyond the producer's node index (3 nodes)" \
         in beyond["message"]
 
+    # Ended in the triggerer, a map index has no worker to store its "dbt Docs" link: its end event does,
+    # for its own node (the project's page comes with the rendered trigger arguments).
+    kwargs = dag.get_task("dbt_nodes").start_trigger_args.trigger_kwargs
+    from dlh_airflow_common.docs import project_name_of
+
+    assert kwargs["docs_page"] == f"/dbt-docs/{project_name_of(PROJECT)}/#!/overview", kwargs
+
+    def ended(index: int) -> Any:
+        trigger = DbtNodeTrigger(runtime_root=str(tmp_path), dag_id="d", run_id="r", try_number=1,
+                                 poll_interval=0.05, docs_page=kwargs["docs_page"])
+        trigger.task_instance = _runtime_ti(dag, "dbt_nodes", index)
+
+        async def run() -> Any:
+            async for event in trigger.run():
+                return event
+            raise AssertionError("no event")
+
+        return asyncio.run(asyncio.wait_for(run(), 20))
+
+    page = kwargs["docs_page"].removesuffix("#!/overview")
+    for index, (uid, state) in enumerate([("model.p.a", "success"), ("model.p.b", "failed")]):
+        event = ended(index)
+        assert str(event.task_instance_state) == state, event
+        assert event.xcoms == {"_link_DbtDocsLink": f"{page}#!/model/{uid}"}, event.xcoms
+
 
 def test_the_store_channel_reads_the_index_written_before_the_first_status(tmp_path: Path) -> None:
     import fsspec

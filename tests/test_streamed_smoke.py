@@ -223,6 +223,10 @@ def test_mapped_nodes_are_born_and_ended_in_the_triggerer_named_and_logged(smoke
         # its own log has every line its trigger wrote, the last one (its outcome) included
         own = "\n".join(p.read_text(errors="replace") for p in task_dir.glob("*.trigger.*"))
         assert f"Map index {index} is " in own and ended[str(node_state)] in own, f"{name}:\n{own[-3000:]}"
+        # its "dbt Docs" link opens its node (the trigger stored it: no worker computed it)
+        links = smoke.api("GET", f"/api/v2/dags/{MAPPED}/dagRuns/{run_id}/taskInstances/dbt_nodes/links"
+                          f"?map_index={index}")["extra_links"]
+        assert str(links["dbt Docs"]).endswith(f"/dbt-docs/gen/#!/{name.split('.')[0]}/{name}"), (name, links)
 
     # Clearing one map index builds that node alone, on a worker (the other map indexes stay as they were)
     index = nodes["model.mart_2"][1]

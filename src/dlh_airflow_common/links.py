@@ -23,21 +23,37 @@ class DbtDocsLink(BaseOperatorLink):
     name = "dbt Docs"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        page = project_page(operator.task_id, getattr(operator, "dbt_project_dir", None),
+                            getattr(operator, "dbt_docs_url", None))
         unique_id = getattr(operator, "dbt_unique_id", None)
-        if not docs.plugin_enabled():
-            external = str(getattr(operator, "dbt_docs_url", None) or "")
-            if external and unique_id and "#" not in external:  # a hosted dbt docs site has the same routes
-                return f"{external.rstrip('/')}/{docs.page_fragment(unique_id)}"
-            return external
-        from dlh_airflow_common._compat import conf
-        from dlh_airflow_common.operators import settings
+        return node_page(page, unique_id) if unique_id else page
 
-        try:
-            project_dir = settings.project_dir(operator.task_id, getattr(operator, "dbt_project_dir", None))
-        except Exception:
-            project_dir = None
-        project = docs.project_name_of(project_dir) if project_dir else None
-        return docs.served_url(str(conf.get("api", "base_url", fallback="") or ""), project, unique_id)
+
+def project_page(task_id: str, project_dir: str | None, dbt_docs_url: str | None) -> str:
+    """The link to the task's project in the docs ("" when there is none to open).
+
+    Node triggers get it as an argument: a node task ended in the triggerer has no worker to compute
+    its link, so its trigger sends :func:`node_page` with the end event.
+    """
+    if not docs.plugin_enabled():
+        return str(dbt_docs_url or "")
+    from dlh_airflow_common._compat import conf
+    from dlh_airflow_common.operators import settings
+
+    try:
+        project = docs.project_name_of(settings.project_dir(task_id, project_dir))
+    except Exception:
+        project = None
+    return docs.served_url(str(conf.get("api", "base_url", fallback="") or ""), project)
+
+
+def node_page(page: str, unique_id: str) -> str:
+    """A node's page in the docs whose project link is ``page`` (a fixed page, e.g. one with its own
+    ``#`` route, stays as it is)."""
+    overview = docs.page_fragment(None)
+    if not page or ("#" in page and not page.endswith(overview)):
+        return page
+    return f"{page.removesuffix(overview).rstrip('/')}/{docs.page_fragment(unique_id)}"
 
 
 class DbtArtifactsLink(BaseOperatorLink):

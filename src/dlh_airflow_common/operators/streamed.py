@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dlh_airflow_common import docs
 from dlh_airflow_common._compat import (
     AIRFLOW_VERSION,
     AirflowRescheduleException,
@@ -22,7 +23,7 @@ from dlh_airflow_common._compat import (
     airflow_at_least,
     redact,
 )
-from dlh_airflow_common.core.exceptions import DbtRuntimeException
+from dlh_airflow_common.core.exceptions import DbtException, DbtRuntimeException
 from dlh_airflow_common.core.store import StateStore
 from dlh_airflow_common.core.store_stream import (
     StoreChannel,
@@ -39,6 +40,7 @@ from dlh_airflow_common.core.stream import (
     mark_failed_before_launch,
     stream_dir,
 )
+from dlh_airflow_common.links import project_page
 from dlh_airflow_common.operators import settings
 from dlh_airflow_common.state_store import open_store
 
@@ -53,6 +55,7 @@ START_FROM_TRIGGER_SINCE = "3.3"
 PRODUCER_DONE = {"success", "failed", "upstream_failed", "skipped", "removed"}
 # A node task on a worker gives up on a producer that neither launched nor ended in this long.
 START_TIMEOUT = timedelta(minutes=10)
+_PAGES: dict[tuple[str | None, int | None, str | None, bool], str] = {}
 
 
 def producer_dir(root: Path, context: Context) -> Path:
@@ -60,18 +63,30 @@ def producer_dir(root: Path, context: Context) -> Path:
     return stream_dir(root, ti.dag_id, ti.run_id)
 
 
-def run_trigger_kwargs(runtime_root: str | None, producer_task_id: str | None, state_store: str | None,
-                       state_store_conn_id: str | None) -> dict[str, Any]:
-    """The node trigger's arguments every node task of one rendered project shares (no node in them)."""
-    store = settings.state_store(state_store, state_store_conn_id)
-    return {"runtime_root": str(settings.runtime_root(runtime_root)), "producer_task_id": producer_task_id,
+def run_trigger_kwargs(op: DbtOperator, producer_task_id: str | None) -> dict[str, Any]:
+    """The node trigger's arguments every node task of one rendered project shares (no node in them),
+    from ``op``: a node task or, for the mapped layout, the producer."""
+    store = settings.state_store(op.state_store, op.state_store_conn_id)
+    return {"runtime_root": str(settings.runtime_root(op.runtime_root)), "producer_task_id": producer_task_id,
             "state_store": store.url if store else None,
-            "state_store_conn_id": store.conn_id if store else None}
+            "state_store_conn_id": store.conn_id if store else None,
+            "docs_page": _project_page(op.task_id, op.dbt_project_dir, op.dbt_docs_url) or None}
+
+
+def _project_page(task_id: str, project_dir: str | None, docs_url: str | None) -> str:
+    """``links.project_page``, read once per project file and docs setting (every node task asks)."""
+    try:
+        stamp = (Path(settings.project_dir(task_id, project_dir)) / "dbt_project.yml").stat().st_mtime_ns
+    except (OSError, DbtException):
+        stamp = None
+    key = (project_dir, stamp, docs_url, docs.plugin_enabled())
+    if key not in _PAGES:
+        _PAGES[key] = project_page(task_id, project_dir, docs_url)
+    return _PAGES[key]
 
 
 def _trigger_kwargs(op: DbtOperator) -> dict[str, Any]:
-    return {"unique_id": op.dbt_unique_id, "tests": op.node_tests,
-            **run_trigger_kwargs(op.runtime_root, op.stream_from, op.state_store, op.state_store_conn_id)}
+    return {"unique_id": op.dbt_unique_id, "tests": op.node_tests, **run_trigger_kwargs(op, op.stream_from)}
 
 
 def hint_naming_hook(op: DbtOperator) -> None:

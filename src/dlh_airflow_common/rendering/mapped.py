@@ -96,8 +96,7 @@ def node_class(trigger_kwargs: Mapping[str, Any]) -> type[DbtMappedNodeOperator]
 
 def mapped_node_task(nodes: list[GraphNode], producer: DbtOperator, doc: str, args: Mapping[str, Any]) -> Any:
     """The mapped node task after ``producer``, expanded over ``nodes``' unique ids (in this order)."""
-    kwargs = run_trigger_kwargs(args.get("runtime_root"), producer.task_id, args.get("state_store"),
-                                args.get("state_store_conn_id"))
+    kwargs = run_trigger_kwargs(producer, producer.task_id)  # the producer has the node tasks' settings
     partial = {k: v for k, v in args.items() if k != "trigger_rule"}
     task = node_class(kwargs).partial(
         task_id=MAPPED_TASK_ID, command="build", stream_from=producer.task_id, doc_md=doc,

@@ -141,6 +141,7 @@ class DbtNodeTrigger(BaseTrigger):
         start_timeout: float = 600.0,
         state_store: str | None = None,
         state_store_conn_id: str | None = None,
+        docs_page: str | None = None,
     ) -> None:
         super().__init__()
         self.unique_id = unique_id
@@ -153,6 +154,7 @@ class DbtNodeTrigger(BaseTrigger):
         self.heartbeat_timeout = heartbeat_timeout
         self.start_timeout = start_timeout
         self.state_store, self.state_store_conn_id = state_store, state_store_conn_id
+        self.docs_page = docs_page  # the project's docs link (links.project_page): the node's link is sent
         self._lines: list[Line] = []  # queued by the decision, written by _flush_log
         self._map_index = -1
 
@@ -163,6 +165,7 @@ class DbtNodeTrigger(BaseTrigger):
             "run_id": self.run_id, "try_number": self.try_number, "poll_interval": self.poll_interval,
             "heartbeat_timeout": self.heartbeat_timeout, "start_timeout": self.start_timeout,
             "state_store": self.state_store, "state_store_conn_id": self.state_store_conn_id,
+            "docs_page": self.docs_page,
         })
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
@@ -334,8 +337,16 @@ class DbtNodeTrigger(BaseTrigger):
         self._lines.append(("error" if outcome == "failed" else "info", message))
         if self.end_task:
             event = {"success": TaskSuccessEvent, "failed": TaskFailedEvent, "skipped": TaskSkippedEvent}
-            return event[outcome]()
+            return event[outcome](xcoms=self._links())
         return TriggerEvent({"outcome": outcome, "message": message, "unique_id": self.unique_id})
+
+    def _links(self) -> dict[str, Any] | None:
+        """The task's "dbt Docs" link as the worker would have stored it (no worker ends this task)."""
+        if not self.docs_page or not self.unique_id:
+            return None
+        from dlh_airflow_common.links import DbtDocsLink, node_page
+
+        return {DbtDocsLink().xcom_key: node_page(self.docs_page, self.unique_id)}
 
     def _resume(self, outcome: str, message: str) -> TriggerEvent:
         self._lines.append(("info", message))
