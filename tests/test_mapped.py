@@ -282,3 +282,50 @@ def test_a_trigger_holds_its_final_event_until_the_triggerer_read_its_log_lines(
              "fd = a.detach()\n_configure_logs_over_json_channel(fd)\nprint(_log_socket() == fd)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1:] == ["True"], out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_a_map_index_fails_when_the_producer_is_cancelled_or_dead_and_builds_what_it_skipped(
+        tmp_path: Path) -> None:
+    """The streamed mode's producer paths, for a map index (its node known only from the producer's index)."""
+    import asyncio
+    import shutil
+
+    from dlh_airflow_common.triggers.node import DbtNodeTrigger
+    from tests.trigger_events import first_event_after
+
+    dag = dbt_dag("m_producer", _project(node_layout="mapped"), **WHEN)
+    nodes: list[tuple[str, list[str]]] = [("model.p.a", []), ("model.p.x", [])]
+
+    def trigger(root: Path, **kw: Any) -> Any:
+        made = DbtNodeTrigger(runtime_root=str(root), end_task=False, dag_id="d", run_id="r", try_number=1,
+                              poll_interval=0.05, **kw)
+        made.task_instance = _runtime_ti(dag, "dbt_nodes", 1)  # model.p.x
+        return made
+
+    def first(root: Path, **kw: Any) -> dict[str, Any]:
+        made = trigger(root, **kw)
+
+        async def run() -> dict[str, Any]:
+            async for event in made.run():
+                return dict(event.payload)
+            raise AssertionError("no event")
+
+        return asyncio.run(asyncio.wait_for(run(), 20))
+
+    _index(_control_dir(tmp_path / "done", state="success", heartbeat=time.time(), results=[]), nodes)
+    assert first(tmp_path / "done") == {  # not built by the producer (not selected there): on a worker
+        "outcome": "run_itself", "unique_id": "model.p.x",
+        "message": "model.p.x was not built by the producer run (not selected there): this task builds it itself"}
+    _index(_control_dir(tmp_path / "cancel", state="cancelled", heartbeat=time.time(), results=[]), nodes)
+    cancelled = first(tmp_path / "cancel")
+    assert cancelled["outcome"] == "failed" and "cancelled before it built model.p.x" in cancelled["message"]
+    dead_dir = _control_dir(tmp_path / "dead", state="running", heartbeat=time.time() - 600, results=[])
+    _index(dead_dir, nodes)
+    dead = first(tmp_path / "dead", heartbeat_timeout=5)
+    assert dead["outcome"] == "failed" and "stopped reporting" in dead["message"], dead
+    assert str(dead_dir / "progress.log") in dead["message"], dead
+    killed = _control_dir(tmp_path / "killed", state="running", heartbeat=time.time(), results=[])
+    _index(killed, nodes)
+    gone, after = first_event_after(trigger(tmp_path / "killed"), 0.3, lambda: shutil.rmtree(killed), 30)
+    assert gone["outcome"] == "failed" and "cancelled before it built model.p.x" in gone["message"], gone
+    assert after < 10, after  # at once, not after the 120 s heartbeat timeout
