@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +63,9 @@ from dlh_airflow_common.rendering.mapped import AUTO_MAPPED_ABOVE  # noqa: E402
 
 DBT = str(Path(sys.executable).parent / "dbt")
 META_DB = "airflow_meta"
+# Tasks of a streamed DAG that are not its nodes: the producer, and the teardown emitting the assets of a
+# failed build (skipped otherwise; a DAG run's tail includes it).
+NOT_NODES = "('dbt_producer', 'dbt_assets_of_failed_builds')"
 THREADS = 1  # bare profile and Airflow connections alike
 # Scheduler settings of the stack (printed with the results).
 SCHEDULER = {
@@ -112,15 +116,18 @@ def _run(cmd: list[str], **kw: Any) -> float:
     return time.monotonic() - started
 
 
-def bare(project: Path, profiles: Path, rounds: int, row: Row) -> Path:
-    """Warm-up build (partial parse), then timed ones; returns the manifest the DAGs render from."""
+def bare(project: Path, profiles: Path, row: Row) -> tuple[Path, Callable[[], None]]:
+    """Warm-up build (partial parse); returns the manifest the DAGs render from and one timed round."""
     cmd = [DBT, "build", "--project-dir", str(project), "--profiles-dir", str(profiles)]
     _run(cmd, cwd=project)
-    for _ in range(rounds):
-        row.walls.append(_run(cmd, cwd=project))
     manifest = project.parent / f"{project.name}-manifest.json"
     shutil.copy(project / "target" / "manifest.json", manifest)
-    return manifest
+
+    def timed() -> None:
+        row.walls.append(_run(cmd, cwd=project))
+        print(f"  bare {row.warehouse} {row.models}: {row.walls[-1]:.1f}s (loadavg {_load()})", flush=True)
+
+    return manifest, timed
 
 
 def pg_profiles(dest: Path, pg: Any, dbname: str, schema: str = "bare") -> Path:
@@ -283,7 +290,7 @@ def timeline(meta: Any, where: str, created: dict[int, datetime], runtime: Path,
     start, end = meta(f"select start_date, end_date from dag_run where {where}")[0]
     prod = meta(f"select start_date, end_date from task_instance where {where} and task_id = 'dbt_producer'")
     nodes = meta(f"select min(start_date), max(start_date), min(end_date), max(end_date) from task_instance "
-                 f"where {where} and task_id <> 'dbt_producer'")[0]
+                 f"where {where} and task_id not in {NOT_NODES}")[0]
     launch = current_launch(stream_dir(runtime, dag_id, run_id))
     path = (launch or stream_dir(runtime, dag_id, run_id)) / "nodes.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
@@ -300,7 +307,7 @@ def timeline(meta: Any, where: str, created: dict[int, datetime], runtime: Path,
     made = sorted(created.values())
     producer = prod[0] if prod else (None, None)
     steps = meta(f"select scheduled_dttm, queued_dttm, start_date, end_date from task_instance "
-                 f"where {where} and task_id <> 'dbt_producer'")
+                 f"where {where} and task_id not in {NOT_NODES}")
     def med(pairs: list[tuple[Any, Any]]) -> str:
         spans = sorted((b - a).total_seconds() for a, b in pairs if a and b)
         return f"{spans[len(spans) // 2]:.2f}" if spans else "-"
@@ -320,9 +327,12 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
              rows: dict[str, Row], rounds: int, timeout: float, watch: Watch | None = None,
              cosmos: str | None = None, triggerers: int = 1, what_if_dag_cache: bool = False,
              no_log_wait: bool = False,
-             probe_supervisor: bool = False, store_env: dict[str, str] | None = None) -> None:
-    """Run each DAG ``rounds`` times under one stack; ``cosmos``: that venv's python runs the stack
-    (the Cosmos DAGs), and a failed run is a result (Cosmos LOCAL on DuckDB), not an error."""
+             probe_supervisor: bool = False, store_env: dict[str, str] | None = None,
+             bares: dict[str, Callable[[], None]] | None = None) -> None:
+    """Run each DAG ``rounds`` times under one stack, round by round (``bares``: a bare build of the
+    DAG's ``bare`` key runs before that size's DAGs in each round, under the same idle stack);
+    ``cosmos``: that venv's python runs the stack (the Cosmos DAGs), and a failed run is a result
+    (Cosmos LOCAL on DuckDB), not an error."""
     name = "cosmos" if cosmos else "ours"
     meta_db = f"{META_DB}_{name}"
     spec = root / f"dags_{name}.json"
@@ -390,7 +400,12 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
                 done = (f"select state from dag_run where dag_id = '{dag['dag_id']}' and run_id = 'warmup' "
                         "and state in ('success', 'failed')")
                 wait(f"{dag['dag_id']} warm-up", lambda q=done: next((r[0] for r in meta(q)), None), timeout)
-            for n in range(rounds):
+        done_bare: set[tuple[int, str]] = set()
+        for n in range(rounds):  # alternating: round n of bare and of every DAG before round n + 1
+            for dag in dags:
+                if bares and dag.get("bare") in bares and (n, dag["bare"]) not in done_bare:
+                    done_bare.add((n, dag["bare"]))
+                    bares[dag["bare"]]()
                 run_id = f"r{n}"
                 probe.unlink(missing_ok=True)  # counts this run only (not the warm-up's)
                 if watch is not None:
@@ -421,7 +436,7 @@ def run_dags(root: Path, pg: Any, dags: list[dict[str, Any]], conns: dict[str, d
                 start, end, last = meta(
                     "select dr.start_date, dr.end_date, (select max(ti.end_date) from task_instance ti "
                     "where ti.dag_id = dr.dag_id and ti.run_id = dr.run_id "
-                    "and ti.task_id <> 'dbt_producer') "
+                    f"and ti.task_id not in {NOT_NODES}) "
                     f"from dag_run dr where {where}")[0]
                 row.walls.append((end - start).total_seconds())
                 dbt_end, producer = _stream_times(runtime, dag["dag_id"], run_id)
@@ -451,7 +466,7 @@ def _component_cpu(stack: Any, name: str) -> float:
 
 
 def _node_instances(meta: Any, where: str) -> int:
-    return int(meta(f"select count(*) from task_instance where {where} and task_id <> 'dbt_producer'")[0][0])
+    return int(meta(f"select count(*) from task_instance where {where} and task_id not in {NOT_NODES}")[0][0])
 
 
 def _lost_lines(stack: Any, dag_id: str, run_id: str) -> int:
@@ -606,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                      conn_var: conn}
         print(f"state store: s3://{BUCKET}/bench on {s3.endpoint}", flush=True)
     rows: dict[str, Row] = {}
+    bares: dict[str, Callable[[], None]] = {}
     dags: list[dict[str, Any]] = []
     cosmos_dags: list[dict[str, Any]] = []
     conns: dict[str, dict[str, Any]] = {}
@@ -625,8 +641,7 @@ def main(argv: list[str] | None = None) -> int:
                 pg.execute(f"create database wh_{key}")
                 profiles = pg_profiles(root / f"profiles_{key}", pg, f"wh_{key}")
             row = rows[f"bare_{key}"] = Row("bare dbt build", models, warehouse)
-            manifest = bare(project, profiles, args.rounds, row)
-            print(f"  bare {key}: {[round(w, 1) for w in row.walls]}", flush=True)
+            manifest, bares[key] = bare(project, profiles, row)
             shapes = [("single", "isolated"), ("nodes", "mapped")]
             if models <= args.tasks_max:
                 shapes.append(("nodes", "streamed"))
@@ -651,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
                 dags.append({"dag_id": dag_id, "project_dir": str(project), "conn_id": cid, "shape": shape,
                              "execution": execution, "manifest_path": str(manifest),
                              "node_layout": "mapped" if layout == "mapped" else "tasks",
-                             "operator_args": OPERATOR_ARGS, "models": models,
+                             "operator_args": OPERATOR_ARGS, "models": models, "bare": key,
                              "warmup": args.warmup and execution not in ("isolated", "floor")})
                 rows[dag_id] = Row(f"ours: {name}", models, warehouse)
             for mode in ("local", "watcher") if models <= args.cosmos_max else ():
@@ -672,7 +687,10 @@ def main(argv: list[str] | None = None) -> int:
             run_dags(root, pg, dags, conns, rows, args.rounds, timeout=3600, watch=watch,
                      triggerers=args.triggerers, what_if_dag_cache=args.what_if_dag_cache,
                      no_log_wait=args.no_log_wait,
-                     probe_supervisor=args.probe_supervisor, store_env=store_env)
+                     probe_supervisor=args.probe_supervisor, store_env=store_env, bares=bares)
+        for key, timed in bares.items():  # sizes no DAG row ran at (--only)
+            while len(rows[f"bare_{key}"].walls) < args.rounds:
+                timed()
         if cosmos_dags:
             run_dags(root, pg, cosmos_dags, {}, rows, args.rounds, timeout=3600, cosmos=cosmos_python(),
                      probe_supervisor=args.probe_supervisor)
