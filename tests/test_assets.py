@@ -29,6 +29,7 @@ PROJECT = Path(os.environ["DLH_RENDER_PROJECT_DIR"])
 DAG_FILE = REPO / "tests" / "dags" / "asset_dbt_dags.py"
 FLAKY_CSV = PROJECT.parent / "assets_flaky.csv"
 DUCK_FILE = _SCRATCH / "render.duckdb"
+FAILED = "dbt_assets_of_failed_builds"  # the rendered teardown (operators/failed_builds.py)
 ORDERS = Relation("analytics", "public", "orders")
 
 # One connection per mapped adapter, each with the canary as its password (or token, or key passphrase).
@@ -253,12 +254,36 @@ def test_single_shape_emits_what_its_build_selected_through_its_alias(bag: Any) 
     assert events["model.gen.mart_1"][0]["uri"] == _duck_uri("mart_1")
 
 
-def test_a_failed_single_build_emits_nothing(bag: Any) -> None:
-    """Airflow registers a task's events only when it succeeds: boom fails the one build."""
+def test_a_failed_single_build_emits_what_it_built_through_the_teardown(bag: Any) -> None:
+    """Airflow drops the events of a failed task: boom fails the one build, and the rendered teardown
+    emits the nodes it built before (not boom, not its skipped child); after a green build it skips."""
+    dag = bag.get_dag("assets_single_boom")
+    teardown = dag.task_dict[FAILED]
+    assert teardown.is_teardown and teardown.upstream_task_ids == {"dbt_build"}
+    assert [o.name for o in teardown.outlets] == ["dbt/assets_single_boom/dbt_build"]
     ok = bag.get_dag("assets_single_ok").test()
     assert ok.state == "success" and {"model.gen.boom", "model.gen.boom_child"} <= set(_events(ok))
-    failed = bag.get_dag("assets_single_boom").test()
-    assert failed.state == "failed" and _events(failed) == {}
+    assert {e["task_id"] for es in _events(ok).values() for e in es} == {"dbt_build"}
+    assert ok.get_task_instance(FAILED).state == "skipped"
+    failed = dag.test()
+    assert failed.state == "failed" and failed.get_task_instance(FAILED).state == "success"
+    events = _events(failed)
+    assert events and "model.gen.boom" not in events and "model.gen.boom_child" not in events, sorted(events)
+    assert set(events) == set(_events(ok)) - {"model.gen.boom", "model.gen.boom_child"}
+    for uid, found in events.items():
+        assert [e["task_id"] for e in found] == [FAILED], (uid, found)
+        _assert_extras(found[0], failed)
+
+
+def test_a_failed_streamed_producer_emits_what_it_built_through_the_teardown(bag: Any) -> None:
+    dag = bag.get_dag("assets_streamed_boom")
+    assert dag.task_dict[FAILED].upstream_task_ids == {"dbt_producer"}
+    dr = dag.test()
+    assert dr.get_task_instance("dbt_producer").state == "failed"
+    events = _events(dr)
+    assert "model.gen.boom" not in events and "model.gen.boom_child" not in events, sorted(events)
+    assert {"seed.gen.raw_events", "model.gen.stg_b"} <= set(events), sorted(events)
+    assert {e["task_id"] for es in events.values() for e in es} == {FAILED}
 
 
 def test_streamed_producer_emits_every_node_it_built_and_node_tasks_none(bag: Any) -> None:
@@ -266,7 +291,7 @@ def test_streamed_producer_emits_every_node_it_built_and_node_tasks_none(bag: An
     them all, registered when the producer succeeds."""
     dag = bag.get_dag("assets_streamed")
     assert [o.name for o in dag.task_dict["dbt_producer"].outlets] == ["dbt/assets_streamed/dbt_producer"]
-    assert [t for t, task in dag.task_dict.items() if task.outlets] == ["dbt_producer"]
+    assert [t for t, task in dag.task_dict.items() if task.outlets] == ["dbt_producer", FAILED]
     dr = dag.test()
     assert dr.state == "success"
     events = _events(dr)
@@ -285,22 +310,29 @@ def test_a_retry_that_succeeds_emits_what_the_failed_try_built_too(bag: Any) -> 
     assert dr.state == "success" and dr.get_task_instance("dbt_build").try_number == 2
     events = _events(dr)
     assert set(events) == {"seed.gen.raw_events", "model.gen.stg_b", "model.gen.flaky"}
+    assert {e["task_id"] for es in events.values() for e in es} == {"dbt_build"}, events  # once, from try 2
+    assert dr.get_task_instance(FAILED).state == "skipped"  # try 1's kept nodes went with try 2
     first, second = events["model.gen.stg_b"][0], events["model.gen.flaky"][0]
     assert first["dbt_invocation_id"] != second["dbt_invocation_id"]  # try 1's build, try 2's retry
     for event in (first, second):
         _assert_extras(event, dr)
 
 
-def test_layers_emit_for_the_layers_that_built(bag: Any) -> None:
+def test_layers_emit_for_the_layers_that_built_and_the_teardown_for_the_failed_one(bag: Any) -> None:
     dag = bag.get_dag("assets_layers_boom")
     assert [i.uri for i in dag.task_dict["staging"].inlets] == [_duck_uri("ext_events")]
     dr = dag.test()
     assert dr.state == "failed"
     events = _events(dr)
-    assert {uid for uid in events} == {"seed.gen.raw_events", "model.gen.stg_a", "model.gen.stg_b",
-                                       "model.gen.stg_events"}
-    assert {e["task_id"] for e in events["model.gen.stg_a"]} == {"staging"}
-    _assert_extras(events["model.gen.stg_a"][0], dr)
+    by_task = {uid: [e["task_id"] for e in es] for uid, es in events.items()}
+    # the layers that succeeded emitted their own; the failed one's built nodes came from the teardown
+    assert by_task == {"seed.gen.raw_events": ["seeds"], "model.gen.stg_a": ["staging"],
+                       "model.gen.stg_b": ["staging"], "model.gen.stg_events": ["staging"],
+                       "model.gen.int_x": [FAILED], "model.gen.mart_1": [FAILED], "model.gen.mart_2": [FAILED],
+                       "model.gen.flaky": [FAILED]}, by_task
+    assert dr.get_task_instance("marts").state == "failed"
+    for uid in ("model.gen.stg_a", "model.gen.mart_1"):
+        _assert_extras(events[uid][0], dr)
 
 
 def test_standalone_operator_emits_through_an_alias_named_after_it_and_can_opt_out(bag: Any) -> None:

@@ -42,6 +42,7 @@ def test_node_tasks_end_within_seconds_of_a_producer_that_failed_before_launch(
     dr = dag.test()  # returns (before the fix, node tasks rescheduled forever: the timeout marker)
     states = _states(dr)
     assert states.pop("dbt_producer") == "failed"
+    assert states.pop("dbt_assets_of_failed_builds") == "skipped"  # no dbt: nothing built
     assert set(states.values()) == {"failed"}, states
     ended = {ti.task_id: ti.end_date for ti in dr.get_task_instances()}
     producer_end = ended.pop("dbt_producer")
@@ -58,6 +59,7 @@ def test_node_tasks_end_when_airflow_says_their_producer_never_ran(bag: Any,
     dr = bag.get_dag("first_hour_producer_never_runs").test()
     states = _states(dr)
     assert states.pop("extract_fails") == "failed" and states.pop("dbt_producer") == "upstream_failed"
+    assert states.pop("dbt_assets_of_failed_builds") == "skipped"  # no dbt: nothing built
     assert set(states.values()) == {"failed"}, states
     out = "".join(capfd.readouterr())
     assert "The producer task dbt_producer ended upstream_failed without a dbt run" in out, out[-3000:]
@@ -163,7 +165,7 @@ def test_an_empty_selection_fails_the_render_of_the_other_shapes_unless_allowed(
         dbt_dag(f"first_hour_empty_{shape}", project(), schedule=None)
     assert str(raised.value) == _nothing_message()
     dag = dbt_dag(f"first_hour_empty_{shape}_allowed", project(allow_empty_selection=True), schedule=None)
-    assert all(t.task_id in {"dbt_deps", "all"} for t in dag.tasks), dag.task_ids
+    assert all(t.task_id in {"dbt_deps", "all", "dbt_assets_of_failed_builds"} for t in dag.tasks), dag.task_ids
 
 
 def test_a_hook_run_whose_selection_matches_nothing_fails_unless_allowed(airflow_db: None) -> None:

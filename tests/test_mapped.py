@@ -38,10 +38,11 @@ def test_the_mapped_layout_is_one_small_mapped_task_started_in_the_triggerer() -
 
     mapped = dbt_dag("m_layout", _project(node_layout="mapped"), **WHEN)
     tasks = dbt_dag("t_layout", _project(node_layout="tasks"), **WHEN)
-    assert set(mapped.task_dict) == {"dbt_producer", "dbt_nodes"}
+    assert set(mapped.task_dict) == {"dbt_producer", "dbt_nodes", "dbt_assets_of_failed_builds"}
     nodes, producer = mapped.task_dict["dbt_nodes"], mapped.task_dict["dbt_producer"]
     uids = nodes.expand_input.value["dbt_unique_id"]
-    assert sorted(uids) == sorted(t.dbt_unique_id for t in tasks.tasks if t.task_id != "dbt_producer")
+    assert sorted(uids) == sorted(t.dbt_unique_id for t in tasks.tasks if t.task_id.startswith(("model.", "seed.",
+                                                                                              "test.", "snapshot.")))
     assert issubclass(nodes.operator_class, DbtMappedNodeOperator)
     assert nodes.operator_class.__name__ == "DbtMappedNodeOperator"
     assert nodes.start_from_trigger and "unique_id" not in nodes.start_trigger_args.trigger_kwargs
@@ -64,7 +65,8 @@ def test_auto_picks_the_layout_by_node_count_and_bad_layouts_say_why(monkeypatch
     assert "dbt_nodes" not in dbt_dag("auto_small", _project(), **WHEN).task_dict  # 11 nodes: a task each
     monkeypatch.setattr("dlh_airflow_common.rendering.project.AUTO_MAPPED_ABOVE", 5)
     assert mapped.AUTO_MAPPED_ABOVE == 200
-    assert set(dbt_dag("auto_big", _project(), **WHEN).task_dict) == {"dbt_producer", "dbt_nodes"}
+    assert set(dbt_dag("auto_big", _project(), **WHEN).task_dict) == {"dbt_producer", "dbt_nodes",
+                                                                       "dbt_assets_of_failed_builds"}
     with pytest.raises(ValueError, match="node_layout='grid' is not one of auto, tasks, mapped"):
         _project(node_layout="grid")
     with pytest.raises(ValueError, match='needs shape="nodes", execution="streamed"'):
@@ -214,7 +216,7 @@ def test_mapped_nodes_under_dag_test_run_on_the_worker_path(airflow_db: None) ->
     assert by_node["model.boom"] == "failed", by_node
     assert by_node["model.boom_child"] == "skipped", by_node
     assert by_node["model.mart_1"] == "success" and by_node["seed.raw_events"] == "success", by_node
-    assert by_node["dbt_producer"] == "failed"
+    assert by_node["dbt_producer"] == "failed" and by_node.pop("dbt_assets_of_failed_builds") == "success"
     assert len(by_node) == 12, by_node  # the producer and every node
     runs = _run_dirs("mapped_streamed_duck_boom")
     assert len(runs) == 1 and "_dbt_producer_" in runs[0], runs  # one dbt process built them all

@@ -139,7 +139,8 @@ def test_an_airflow_retry_of_a_node_task_reruns_only_that_node(bag: Any) -> None
 def test_layers_shape_orders_groups_by_the_manifest(bag: Any) -> None:
     dag = bag.get_dag("render_layers")
     assert _edges(dag) == {("seeds", "staging"), ("staging", "intermediate"), ("staging", "marts"),
-                           ("intermediate", "marts")}
+                           ("intermediate", "marts"),
+                           ("marts", "dbt_assets_of_failed_builds")}  # a teardown (see test_assets)
     marts = dag.task_dict["marts"]
     assert "fqn:gen.marts.mart_2" in marts.select and f"fqn:gen.{RELATIONSHIPS[5:]}" in marts.select
     assert "relationships_mart_2_id" in marts.doc_md  # cross-layer test runs with its last parent
@@ -149,7 +150,7 @@ def test_layers_shape_orders_groups_by_the_manifest(bag: Any) -> None:
 
 def test_single_shape_is_one_build(bag: Any) -> None:
     dag = bag.get_dag("render_single")
-    assert set(dag.task_dict) == {"dbt_build"}
+    assert set(dag.task_dict) == {"dbt_build", "dbt_assets_of_failed_builds"}  # a teardown (see test_assets)
     assert dag.task_dict["dbt_build"].command == "build"
 
 

@@ -51,11 +51,12 @@ def _run_dirs(dag_id: str) -> list[str]:
 @pytest.mark.parametrize("dag_id", ["streamed_duck", "streamed_pg"])
 def test_one_dbt_build_and_every_node_task_mirrors_its_node(bag: Any, dag_id: str) -> None:
     dag = bag.get_dag(dag_id)
-    assert set(dag.task_dict) == NODE_TASKS | {"dbt_producer"}
+    assert set(dag.task_dict) == NODE_TASKS | {"dbt_producer", "dbt_assets_of_failed_builds"}
     assert all(dag.task_dict[t].start_from_trigger for t in NODE_TASKS)  # born in the triggerer (3.3)
     dr = dag.test()
     states = _states(dr)
     assert dr.state == "success", states
+    assert states.pop("dbt_assets_of_failed_builds") == "skipped"  # nothing failed: no teardown work
     assert set(states.values()) == {"success"}
     # one dbt process built everything: the only run dir of this DAG is the producer's
     runs = _run_dirs(dag_id)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 # dbt commands that build tables: a task running one declares what it may emit.
 BUILDING_COMMANDS = ("build", "run", "seed", "snapshot", "retry")
+# XCom of a failed try: the (URI, extra) of each node it built, for the teardown to emit.
+BUILT_KEY = "dlh_dbt_built_assets"
 
 
 def table_asset(uri: str, like: Asset | None = None) -> Asset:
@@ -109,25 +111,52 @@ def emit_built(context: Any, outlets: Iterable[Any], artifacts: Sequence[Path], 
         return len(built)
     if alias is None:
         return 0
+    emitted = 0
+    for uri, extra in alias_events(artifacts, hook, log, run_id):
+        if uri in declared:  # the user declared it too: one event, with the extras
+            events[declared[uri]].extra.update(extra)
+        else:
+            events[alias].add(table_asset(uri), extra=extra)
+        emitted += 1
+    if emitted:
+        log.info("Asset events for %d built node(s) through alias %s", emitted, alias.name)
+    return emitted
+
+
+def alias_events(artifacts: Sequence[Path], hook: DbtHook, log: logging.Logger | Any,
+                 run_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """(URI, extra) per node the runs in ``artifacts`` built; none whose URI would hold a secret."""
     built = _newest(artifacts)
     if not built:
-        return 0
+        return []
     namespace = hook_namespace(hook)
     secrets = hook.resolve_profile().secrets
-    emitted = 0
+    found: list[tuple[str, dict[str, Any]]] = []
     for node, invocation_id in built:
         assert node.relation is not None  # read with the manifest
         uri = namespace.uri(node.relation)
         if any(secret in uri for secret in secrets):
             log.warning("No asset event for %s: its URI would hold a secret of the profile", node.unique_id)
             continue
-        if uri in declared:  # the user declared it too: one event, with the extras
-            events[declared[uri]].extra.update(_extra(node, invocation_id, run_id))
-        else:
-            events[alias].add(table_asset(uri), extra=_extra(node, invocation_id, run_id))
-        emitted += 1
-    log.info("Asset events for %d built node(s) through alias %s", emitted, alias.name)
-    return emitted
+        found.append((uri, _extra(node, invocation_id, run_id)))
+    return found
+
+
+def keep_for_teardown(context: Any, outlets: Iterable[Any], artifacts: Sequence[Path], hook: DbtHook,
+                      log: logging.Logger | Any) -> int:
+    """A failing task's built nodes, kept (XCom ``BUILT_KEY``) for :class:`DbtFailedBuildAssetsOperator`.
+
+    Airflow registers no event of a failed task, but the tables dbt built before the failure are new:
+    a teardown task emits them. Returns how many were kept.
+    """
+    if not any(isinstance(o, AssetAlias) for o in outlets):
+        return 0
+    found = alias_events(artifacts, hook, log, str(context["run_id"]))
+    if found:
+        context["ti"].xcom_push(key=BUILT_KEY, value=[{"uri": uri, "extra": extra} for uri, extra in found])
+        log.info("%d node(s) were built before the failure: their asset events come from the DAG's "
+                 "teardown task, if it has one (docs/assets.md)", len(found))
+    return len(found)
 
 
 def _newest(artifacts: Sequence[Path], only: set[str] | None = None) -> list[tuple[BuiltNode, str | None]]:

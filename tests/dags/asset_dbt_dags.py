@@ -42,6 +42,8 @@ single = dbt_dag("assets_single", project(shape="single", **MART_1), **WHEN)
 single_ok = dbt_dag("assets_single_ok", project(shape="single", select=["+boom_child"]), **WHEN)
 single_boom = dbt_dag("assets_single_boom", project(shape="single", select=["+boom_child"], vars=BOOM), **WHEN)
 streamed = dbt_dag("assets_streamed", project(execution="streamed", **MART_1), **WHEN)
+streamed_boom = dbt_dag("assets_streamed_boom", project(execution="streamed", select=["+boom_child"], vars=BOOM),
+                        **WHEN)
 single_flaky = dbt_dag("assets_single_flaky", project(
     shape="single", select=["+flaky"], vars={"flaky": True}, env_vars={"DLH_FLAKY_CSV": FLAKY_CSV},
     operator_args={"retries": 1, "retry_delay": timedelta(0), "on_retry_callback": _make_flaky_pass}), **WHEN)

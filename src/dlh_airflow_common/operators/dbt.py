@@ -317,7 +317,9 @@ class DbtOperator(BaseOperator):
                         hook: DbtHook | None = None) -> Any:
         """Report a failed try; an error while reporting is logged, never raised in place of ``exc``."""
         try:
-            reporter = self._reporter(context, hook or self._make_hook(context))
+            hook = hook or self._make_hook(context)
+            self._emit_assets(context, hook, artifacts, failed=True)  # before the retry state moves
+            reporter = self._reporter(context, hook)
             return reporter.failure(exc, artifacts, seconds, self.command, self.retry_from_failure)
         except Exception as secondary:
             self.log.warning("Could not report this failure (metrics, artifacts, lineage, retry state): "
@@ -373,16 +375,23 @@ class DbtOperator(BaseOperator):
             self._hook = self._producer = None
             shutil.rmtree(capture, ignore_errors=True)
 
-    def _emit_assets(self, context: Context, hook: DbtHook, artifacts: Path) -> None:
-        """Asset events for the nodes this try built; best-effort like lineage (a warning, not a failure)."""
-        if not self.emit_assets:
+    def _emit_assets(self, context: Context, hook: DbtHook, artifacts: Path, failed: bool = False) -> None:
+        """Asset events for the nodes this try built; best-effort like lineage (a warning, not a failure).
+
+        A failed try's events would be dropped by Airflow: it keeps them for the DAG's teardown
+        (``operators.failed_builds``) instead; a node task's own node did not build.
+        """
+        if not self.emit_assets or (failed and self.dbt_unique_id is not None):
             return
         # A try that resumed with `dbt retry` built only what failed: what the failed try built is in its
         # retry state, and Airflow registered none of it then.
         earlier = self._retry_state(context).path if int(context["ti"].try_number or 1) > 1 else None
+        built = [p for p in (earlier, artifacts) if p]
         try:
-            assets.emit_built(context, self.outlets, [p for p in (earlier, artifacts) if p], hook, self.log,
-                              self.dbt_unique_id)
+            if failed:
+                assets.keep_for_teardown(context, self.outlets, built, hook, self.log)
+            else:
+                assets.emit_built(context, self.outlets, built, hook, self.log, self.dbt_unique_id)
         except Exception as exc:
             self.log.warning("No asset events: %s: %s", type(exc).__name__, exc)
 

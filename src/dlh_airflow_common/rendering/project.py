@@ -23,6 +23,7 @@ from dlh_airflow_common.core.assets import AssetNamespace
 from dlh_airflow_common.core.runtime import validate_project_dir
 from dlh_airflow_common.hooks.dbt import DbtHook
 from dlh_airflow_common.operators.dbt import DbtOperator
+from dlh_airflow_common.operators.failed_builds import FAILED_BUILDS_TASK_ID, DbtFailedBuildAssetsOperator
 from dlh_airflow_common.operators.settings import default_deferrable
 from dlh_airflow_common.rendering.assets import NodeAssets, model_asset, source_asset
 from dlh_airflow_common.rendering.graph import GraphNode, build_layers
@@ -207,8 +208,7 @@ def _render(project: DbtProject, *, serialised: bool, loaded: LoadedGraph | None
         build = DbtOperator(task_id="dbt_build", command="build", select=list(project.select) or None,
                             exclude=list(project.exclude) or None, selector=project.selector,
                             doc_md="The whole selection in one `dbt build`.", **args)
-        if deps is not None:
-            wire([(deps, build)])
+        wire(([(deps, build)] if deps is not None else []) + _failed_builds(project, [build]))
         return
     loaded = loaded or load_graph(project.source())
     with gc_paused():
@@ -262,7 +262,24 @@ def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, de
     if deps is not None:
         waiting = {id(down) for _, down in edges}
         edges += [(deps, t) for t in tasks.values() if id(t) not in waiting]
+    if project.execution == "streamed" or project.shape != "nodes":
+        building = [tasks[PRODUCER_TASK_ID]] if project.shape == "nodes" else [tasks[x.name] for x in layers]
+        feeding = {id(up) for up, down in edges if down in building}
+        edges += _failed_builds(project, building, [t for t in building if id(t) not in feeding])
     wire(edges)
+
+
+def _failed_builds(project: DbtProject, building: list[BaseOperator],
+                   last: list[BaseOperator] | None = None) -> list[tuple[BaseOperator, Any]]:
+    """The teardown emitting what ``building`` tasks built before they failed (none without assets),
+    after the ``last`` of them (those no other task waits for: when they are done, all are)."""
+    if project.operator_args.get("emit_assets", True) is False:
+        return []
+    teardown = DbtFailedBuildAssetsOperator(
+        task_id=FAILED_BUILDS_TASK_ID, dbt_task_ids=[t.task_id for t in building],
+        doc_md="Emits the asset events of the tables the dbt tasks built before they failed (Airflow "
+               "drops a failed task's own); skipped when none failed.").as_teardown()
+    return [(t, teardown) for t in (last if last is not None else building)]
 
 
 def _producer(project: DbtProject, args: dict[str, Any]) -> DbtOperator:
@@ -284,4 +301,5 @@ def _render_mapped(project: DbtProject, nodes: Mapping[str, GraphNode], deps: Ba
            + (f"\n\n{note}" if note else ""))
     task = mapped_node_task(list(nodes.values()), producer, doc, args)
     register(str(task.dag_id), task.task_id, nodes)
-    wire([(producer, task)] + ([(deps, producer)] if deps is not None else []))
+    wire([(producer, task), *([(deps, producer)] if deps is not None else []),
+          *_failed_builds(project, [producer])])
