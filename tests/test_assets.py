@@ -260,6 +260,7 @@ def test_a_failed_single_build_emits_what_it_built_through_the_teardown(bag: Any
     dag = bag.get_dag("assets_single_boom")
     teardown = dag.task_dict[FAILED]
     assert teardown.is_teardown and teardown.upstream_task_ids == {"dbt_build"}
+    assert teardown.trigger_rule == "one_failed"  # skipped by the scheduler after a green build: no worker
     assert [o.name for o in teardown.outlets] == ["dbt/assets_single_boom/dbt_build"]
     ok = bag.get_dag("assets_single_ok").test()
     assert ok.state == "success" and {"model.gen.boom", "model.gen.boom_child"} <= set(_events(ok))
@@ -331,6 +332,7 @@ def test_layers_emit_for_the_layers_that_built_and_the_teardown_for_the_failed_o
                        "model.gen.int_x": [FAILED], "model.gen.mart_1": [FAILED], "model.gen.mart_2": [FAILED],
                        "model.gen.flaky": [FAILED]}, by_task
     assert dr.get_task_instance("marts").state == "failed"
+    assert dag.task_dict[FAILED].trigger_rule == "all_done_setup_success"  # after several: waits for all
     for uid in ("model.gen.stg_a", "model.gen.mart_1"):
         _assert_extras(events[uid][0], dr)
 

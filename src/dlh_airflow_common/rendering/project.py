@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from airflow.sdk import DAG, Asset, BaseOperator, TaskGroup
+from airflow.sdk import DAG, Asset, BaseOperator, TaskGroup, TriggerRule
 
 from dlh_airflow_common.assets import hook_namespace
 from dlh_airflow_common.core.assets import AssetNamespace
@@ -279,7 +279,13 @@ def _failed_builds(project: DbtProject, building: list[BaseOperator],
         task_id=FAILED_BUILDS_TASK_ID, dbt_task_ids=[t.task_id for t in building],
         doc_md="Emits the asset events of the tables the dbt tasks built before they failed (Airflow "
                "drops a failed task's own); skipped when none failed.").as_teardown()
-    return [(t, teardown) for t in (last if last is not None else building)]
+    last = last if last is not None else building
+    if len(last) == 1 and not getattr(teardown.dag, "fail_fast", False):
+        # After one task, the scheduler skips it when that task did not fail: no worker run for a green
+        # build. After several, "one failed" would start it before the others end (a teardown's own
+        # rule waits for all); and a fail_fast DAG accepts only that one.
+        teardown.trigger_rule = TriggerRule.ONE_FAILED
+    return [(t, teardown) for t in last]
 
 
 def _producer(project: DbtProject, args: dict[str, Any]) -> DbtOperator:
