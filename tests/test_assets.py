@@ -280,7 +280,7 @@ def test_a_failed_streamed_producer_emits_what_it_built_through_the_teardown(bag
     dag = bag.get_dag("assets_streamed_boom")
     assert dag.task_dict[FAILED].upstream_task_ids == {"dbt_producer"}
     dr = dag.test()
-    assert dr.get_task_instance("dbt_producer").state == "failed"
+    assert dr.state == "failed" and dr.get_task_instance("dbt_producer").state == "failed"
     events = _events(dr)
     assert "model.gen.boom" not in events and "model.gen.boom_child" not in events, sorted(events)
     assert {"seed.gen.raw_events", "model.gen.stg_b"} <= set(events), sorted(events)

@@ -64,8 +64,13 @@ def test_one_dbt_build_and_every_node_task_mirrors_its_node(bag: Any, dag_id: st
 
 
 def test_a_failing_node_fails_its_task_and_dbt_skips_its_child(bag: Any) -> None:
-    dr = bag.get_dag("streamed_duck_boom").test()
+    dag = bag.get_dag("streamed_duck_boom")
+    # the producer is a leaf (besides the teardown): its failed build fails the DAG run
+    assert dag.task_dict["dbt_producer"].downstream_task_ids == {"dbt_assets_of_failed_builds"}
+    dr = dag.test()
     states = _states(dr)
+    # boom's only child is a leaf that dbt skipped: the run fails through the producer, not a leaf node
+    assert dr.state == "failed", states
     assert states["model.boom"] == "failed"
     assert states["model.boom_child"] == "skipped"  # dbt skipped it: its upstream failed
     assert states["model.mart_1"] == "success" and states["model.flaky"] == "success"

@@ -248,10 +248,10 @@ def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, de
     if project.shape == "nodes":
         edges += [(tasks[up], tasks[down]) for up, down in graph.edges()]
         if project.execution == "streamed":
-            producer = _producer(project, args)
-            waiting = {id(down) for _, down in edges}
-            edges += [(producer, t) for t in tasks.values() if id(t) not in waiting]
-            tasks[PRODUCER_TASK_ID] = producer
+            # No edge from the producer to the node tasks (they start with the run anyway): it stays a
+            # leaf, so the DAG run fails when its build failed. Else a failed model whose children dbt
+            # skipped left only skipped leaves, and Airflow called the run a success.
+            tasks[PRODUCER_TASK_ID] = _producer(project, args)
     else:
         layers = build_layers(graph, loaded.layers, project.layers)
         for layer in layers:
