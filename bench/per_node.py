@@ -6,7 +6,8 @@ Rows, per generated project (bench/genproject.py; DuckDB, and PostgreSQL at the 
 bare ``dbt build`` (profiles.yml, warm partial parse: the floor), our ``single`` shape, our ``nodes``
 shape streamed (one producer ``dbt build``; node tasks born and ended in the triggerer) and isolated
 (one dbt process per node task); single and streamed get an untimed warm-up DAG run first, as bare gets
-a warm-up build (else they alone pay dbt's full parse). The DAG rows run under one real stack
+a warm-up build (else they alone pay dbt's full parse). Rounds alternate: round n of bare and of every
+DAG row before round n + 1, bare under the same idle stack. The DAG rows run under one real stack
 (LocalExecutor, metadata DB on a throwaway PostgreSQL, the components of tests/test_scheduler_smoke.py)
 and are timed from the metadata DB: DAG run start_date -> end_date. "tail": the last node finished in
 dbt (streamed: its finished_at in the producer's stream; else the last node task's end) -> DAG run success.

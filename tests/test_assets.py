@@ -199,6 +199,16 @@ def _events(dr: Any) -> dict[str, list[dict[str, Any]]]:
     return found
 
 
+def _xcom(dr: Any, task_id: str, key: str) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter_by(dag_id=dr.dag_id, run_id=dr.run_id, task_id=task_id,
+                                                 key=key).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
 def _duck_uri(name: str, schema: str = "main") -> str:
     return f"duckdb:{DUCK_FILE.resolve()}/{schema}/{name}"
 
@@ -274,6 +284,20 @@ def test_a_failed_single_build_emits_what_it_built_through_the_teardown(bag: Any
     for uid, found in events.items():
         assert [e["task_id"] for e in found] == [FAILED], (uid, found)
         _assert_extras(found[0], failed)
+    # What it emitted is recorded for a later try of dbt_build (a clear) to leave out, not announce again.
+    from dlh_airflow_common.operators.failed_builds import EMITTED_KEY, emitted_by_teardown
+
+    recorded = _xcom(failed, FAILED, EMITTED_KEY)
+    assert sorted(uid for _, uid, _ in recorded) == sorted(events), recorded
+    assert {(uid, inv) for task, uid, inv in recorded if task == "dbt_build"} == {
+        (uid, found[0]["dbt_invocation_id"]) for uid, found in events.items()}
+
+    class _Ti:  # a later try's task instance in this run: it reads the teardown's XCom
+        def xcom_pull(self, task_ids: str, key: str) -> Any:
+            return _xcom(failed, task_ids, key)
+
+    done = emitted_by_teardown(dag.task_dict["dbt_build"], {"ti": _Ti()})  # type: ignore[arg-type]
+    assert done == {(uid, found[0]["dbt_invocation_id"]) for uid, found in events.items()}
 
 
 def test_a_failed_streamed_producer_emits_what_it_built_through_the_teardown(bag: Any) -> None:
@@ -373,6 +397,14 @@ def test_a_render_declares_no_assets_when_told_or_when_the_target_cannot_name_th
     off = dbt_dag("assets_off", DbtProject(project_dir=str(PROJECT), conn_id="render_duck", vars={"boom": True},
                                            operator_args={"emit_assets": False}), schedule=None)
     assert not any(t.outlets or t.inlets for t in off.tasks)
+    for shape in ("single", "nodes"):  # with no alias to emit through, no failed-builds teardown either
+        quiet = dbt_dag(f"assets_off_{shape}", DbtProject(
+            project_dir=str(PROJECT), conn_id="render_duck", shape=shape, execution="streamed" if shape ==
+            "nodes" else "isolated", operator_args={"emit_assets": False}), schedule=None)
+        loud = dbt_dag(f"assets_on_{shape}", DbtProject(
+            project_dir=str(PROJECT), conn_id="render_duck", shape=shape, execution="streamed" if shape ==
+            "nodes" else "isolated"), schedule=None)
+        assert FAILED in loud.task_dict and FAILED not in quiet.task_dict, (shape, quiet.task_ids)
     graph = load_graph(DbtProject(project_dir=str(PROJECT), conn_id="render_duck", vars={"boom": True}).source())
     missing = DbtProject(project_dir=str(PROJECT), conn_id="no_such_conn")
     assert NodeAssets.for_render(missing, graph.graph).namespace is None  # a warning, not a failed parse

@@ -46,7 +46,9 @@ def test_the_mapped_layout_is_one_small_mapped_task_started_in_the_triggerer() -
     assert issubclass(nodes.operator_class, DbtMappedNodeOperator)
     assert nodes.operator_class.__name__ == "DbtMappedNodeOperator"
     assert nodes.start_from_trigger and "unique_id" not in nodes.start_trigger_args.trigger_kwargs
-    assert nodes.trigger_rule == "always" and nodes.upstream_task_ids == {"dbt_producer"}
+    # no edge from the producer: it stays a leaf, so its failed build fails the DAG run
+    assert nodes.trigger_rule == "always" and not nodes.upstream_task_ids
+    assert producer.downstream_task_ids == {"dbt_assets_of_failed_builds"}
     # the producer knows each map index's node and tests, outside the serialized DAG
     assert [uid for uid, _ in producer.node_index] == uids
     stg_a_tests = dict(producer.node_index)["model.gen.stg_a"]

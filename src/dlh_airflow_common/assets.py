@@ -90,13 +90,15 @@ def hook_namespace(hook: DbtHook) -> AssetNamespace:
 
 
 def emit_built(context: Any, outlets: Iterable[Any], artifacts: Sequence[Path], hook: DbtHook,
-               log: logging.Logger | Any, unique_id: str | None = None) -> int:
+               log: logging.Logger | Any, unique_id: str | None = None,
+               skip: frozenset[tuple[str, str]] = frozenset()) -> int:
     """One asset event per node the runs in ``artifacts`` built, through what the task declared.
 
     ``artifacts`` are artifact dirs, oldest first (an earlier failed try's, then this try's); a node
     built by several gets the newest. A node task (``unique_id``) declares its node's asset: that
     event gets the extras (Airflow emits it), and no manifest is read. Otherwise each node goes
-    through the task's alias, or onto a declared asset with its URI. Returns how many events carry a
+    through the task's alias, or onto a declared asset with its URI; none for the (unique id,
+    invocation id) pairs in ``skip`` (already emitted by the teardown). Returns how many events carry a
     built node.
     """
     declared = {o.uri: o for o in outlets if isinstance(o, Asset)}
@@ -112,7 +114,7 @@ def emit_built(context: Any, outlets: Iterable[Any], artifacts: Sequence[Path], 
     if alias is None:
         return 0
     emitted = 0
-    for uri, extra in alias_events(artifacts, hook, log, run_id):
+    for uri, extra in alias_events(artifacts, hook, log, run_id, skip):
         if uri in declared:  # the user declared it too: one event, with the extras
             events[declared[uri]].extra.update(extra)
         else:
@@ -123,10 +125,11 @@ def emit_built(context: Any, outlets: Iterable[Any], artifacts: Sequence[Path], 
     return emitted
 
 
-def alias_events(artifacts: Sequence[Path], hook: DbtHook, log: logging.Logger | Any,
-                 run_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """(URI, extra) per node the runs in ``artifacts`` built; none whose URI would hold a secret."""
-    built = _newest(artifacts)
+def alias_events(artifacts: Sequence[Path], hook: DbtHook, log: logging.Logger | Any, run_id: str,
+                 skip: frozenset[tuple[str, str]] = frozenset()) -> list[tuple[str, dict[str, Any]]]:
+    """(URI, extra) per node the runs in ``artifacts`` built and not in ``skip``; none whose URI would
+    hold a secret."""
+    built = [(node, inv) for node, inv in _newest(artifacts) if (node.unique_id, str(inv)) not in skip]
     if not built:
         return []
     namespace = hook_namespace(hook)
@@ -143,7 +146,7 @@ def alias_events(artifacts: Sequence[Path], hook: DbtHook, log: logging.Logger |
 
 
 def keep_for_teardown(context: Any, outlets: Iterable[Any], artifacts: Sequence[Path], hook: DbtHook,
-                      log: logging.Logger | Any) -> int:
+                      log: logging.Logger | Any, skip: frozenset[tuple[str, str]] = frozenset()) -> int:
     """A failing task's built nodes, kept (XCom ``BUILT_KEY``) for :class:`DbtFailedBuildAssetsOperator`.
 
     Airflow registers no event of a failed task, but the tables dbt built before the failure are new:
@@ -151,11 +154,11 @@ def keep_for_teardown(context: Any, outlets: Iterable[Any], artifacts: Sequence[
     """
     if not any(isinstance(o, AssetAlias) for o in outlets):
         return 0
-    found = alias_events(artifacts, hook, log, str(context["run_id"]))
+    found = alias_events(artifacts, hook, log, str(context["run_id"]), skip)
     if found:
         context["ti"].xcom_push(key=BUILT_KEY, value=[{"uri": uri, "extra": extra} for uri, extra in found])
-        log.info("%d node(s) were built before the failure: their asset events come from the DAG's "
-                 "teardown task, if it has one (docs/assets.md)", len(found))
+        log.info("%d node(s) were built before this try failed: if it is the last try, the teardown "
+                 "task emits their asset events (docs/assets.md)", len(found))
     return len(found)
 
 
@@ -174,4 +177,5 @@ def _extra(node: BuiltNode, invocation_id: str | None, run_id: str) -> dict[str,
             "execution_time_s": node.execution_time, "dbt_invocation_id": invocation_id, "dag_run_id": run_id}
 
 
-__all__ = ["BUILDING_COMMANDS", "builds", "emit_built", "hook_namespace", "table_asset", "task_alias"]
+__all__ = ["BUILDING_COMMANDS", "BUILT_KEY", "alias_events", "builds", "emit_built", "hook_namespace",
+           "keep_for_teardown", "table_asset", "task_alias"]

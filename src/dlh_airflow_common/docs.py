@@ -89,10 +89,10 @@ def project_name_of(project_dir: str | Path) -> str | None:
     return str(name) if name and _PROJECT.match(str(name)) else None
 
 
-def served_url(base_url: str, project: str | None, unique_id: str | None = None) -> str:
-    """The served docs page: a node's page (``#!/model/<unique_id>``) or the project's overview."""
+def served_url(base_url: str, project: str | None) -> str:
+    """The served docs page of a project: its overview (``links.node_page`` turns it into a node's)."""
     root = f"{base_url.rstrip('/')}{URL_PREFIX}/"
-    return f"{root}{project}/{page_fragment(unique_id)}" if project else root
+    return f"{root}{project}/{page_fragment(None)}" if project else root
 
 
 def page_fragment(unique_id: str | None) -> str:

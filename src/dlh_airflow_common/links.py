@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 class DbtDocsLink(BaseOperatorLink):
     """Opens the task's node (``dbt_unique_id``) or project in the docs the API server serves.
 
-    Computed on the worker when the task finishes (Airflow 3 stores links in XCom). With the docs
-    plugin disabled it opens the task's external ``dbt_docs_url`` instead.
+    Computed on the worker when the task finishes (Airflow 3 stores links in XCom); a node trigger
+    sends it for a task ended in the triggerer. With the docs plugin disabled it opens the task's
+    external ``dbt_docs_url`` instead.
     """
 
     name = "dbt Docs"

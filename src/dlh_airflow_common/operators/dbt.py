@@ -37,6 +37,7 @@ from dlh_airflow_common.operators.deferral import (
     trigger_deadline,
     watch_briefly,
 )
+from dlh_airflow_common.operators.failed_builds import emitted_by_teardown, has_teardown
 from dlh_airflow_common.operators.reporting import Reporter
 from dlh_airflow_common.operators.retry_state import Plan, RetryState
 from dlh_airflow_common.state_store import StoreSetting, open_store
@@ -378,20 +379,24 @@ class DbtOperator(BaseOperator):
     def _emit_assets(self, context: Context, hook: DbtHook, artifacts: Path, failed: bool = False) -> None:
         """Asset events for the nodes this try built; best-effort like lineage (a warning, not a failure).
 
-        A failed try's events would be dropped by Airflow: it keeps them for the DAG's teardown
-        (``operators.failed_builds``) instead; a node task's own node did not build.
+        Airflow drops a failed try's events: when a failed-builds teardown follows this task, the try
+        keeps them for it (``operators.failed_builds``). A node task keeps none: its node did not
+        pass, and it built nothing else.
         """
-        if not self.emit_assets or (failed and self.dbt_unique_id is not None):
+        if not self.emit_assets or (failed and (self.dbt_unique_id is not None or not has_teardown(self))):
             return
         # A try that resumed with `dbt retry` built only what failed: what the failed try built is in its
-        # retry state, and Airflow registered none of it then.
-        earlier = self._retry_state(context).path if int(context["ti"].try_number or 1) > 1 else None
+        # retry state, and Airflow registered none of it then (unless the teardown did, before a clear).
+        later = int(context["ti"].try_number or 1) > 1
+        earlier = self._retry_state(context).path if later else None
         built = [p for p in (earlier, artifacts) if p]
         try:
+            done = frozenset(emitted_by_teardown(self, context)) if later and self.dbt_unique_id is None \
+                else frozenset()
             if failed:
-                assets.keep_for_teardown(context, self.outlets, built, hook, self.log)
+                assets.keep_for_teardown(context, self.outlets, built, hook, self.log, done)
             else:
-                assets.emit_built(context, self.outlets, built, hook, self.log, self.dbt_unique_id)
+                assets.emit_built(context, self.outlets, built, hook, self.log, self.dbt_unique_id, done)
         except Exception as exc:
             self.log.warning("No asset events: %s: %s", type(exc).__name__, exc)
 

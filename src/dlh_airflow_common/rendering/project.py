@@ -7,6 +7,8 @@
 
 Shapes: ``single`` (deps + one ``dbt build``), ``layers`` (one ``dbt build`` per named selector,
 ordered by the manifest's edges), ``nodes`` (one task per model/seed/snapshot; see ``graph``).
+``single``, ``layers`` and the streamed mode end with a teardown emitting the assets a failed build
+built (``operators.failed_builds``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from airflow.sdk import DAG, Asset, BaseOperator, TaskGroup, TriggerRule
+from airflow.sdk import DAG, Asset, AssetAlias, BaseOperator, TaskGroup, TriggerRule
 
 from dlh_airflow_common.assets import hook_namespace
 from dlh_airflow_common.core.assets import AssetNamespace
@@ -259,27 +261,40 @@ def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, de
                 task_id=layer.name, command="build", select=layer.selectors(graph), extra_args=NODE_ARGS,
                 doc_md=layer_doc(layer, graph, note), **node_assets.layer_args(layer.members, args))
         edges += [(tasks[up], tasks[layer.name]) for layer in layers for up in layer.upstream]
-    if deps is not None:
+    streamed = project.shape == "nodes" and project.execution == "streamed"
+    if deps is not None and streamed:  # node tasks watch from the start: only the producer waits for deps
+        edges.append((deps, tasks[PRODUCER_TASK_ID]))
+    elif deps is not None:
         waiting = {id(down) for _, down in edges}
         edges += [(deps, t) for t in tasks.values() if id(t) not in waiting]
-    if project.execution == "streamed" or project.shape != "nodes":
-        building = [tasks[PRODUCER_TASK_ID]] if project.shape == "nodes" else [tasks[x.name] for x in layers]
-        feeding = {id(up) for up, down in edges if down in building}
+    if streamed or project.shape != "nodes":
+        building = [tasks[PRODUCER_TASK_ID]] if streamed else [tasks[x.name] for x in layers]
+        among = {id(t) for t in building}
+        feeding = {id(up) for up, down in edges if id(down) in among}
         edges += _failed_builds(project, building, [t for t in building if id(t) not in feeding])
     wire(edges)
 
 
+# Operator arguments the failed-builds teardown shares with the project's tasks.
+_PLACEMENT = ("owner", "queue", "pool", "pool_slots", "executor", "executor_config", "run_as_user",
+              "priority_weight", "weight_rule")
+
+
 def _failed_builds(project: DbtProject, building: list[BaseOperator],
                    last: list[BaseOperator] | None = None) -> list[tuple[BaseOperator, Any]]:
-    """The teardown emitting what ``building`` tasks built before they failed (none without assets),
-    after the ``last`` of them (those no other task waits for: when they are done, all are)."""
-    if project.operator_args.get("emit_assets", True) is False:
+    """The teardown emitting what ``building`` tasks built before they failed (none when they emit no
+    assets), after the ``last`` of them (those no other task waits for: when they are done, all are)."""
+    building = [t for t in building if any(isinstance(o, AssetAlias) for o in t.outlets)]
+    emitting = {id(t) for t in building}
+    last = [t for t in (last if last is not None else building) if id(t) in emitting]
+    if not last:
         return []
     teardown = DbtFailedBuildAssetsOperator(
         task_id=FAILED_BUILDS_TASK_ID, dbt_task_ids=[t.task_id for t in building],
         doc_md="Emits the asset events of the tables the dbt tasks built before they failed (Airflow "
-               "drops a failed task's own); skipped when none failed.").as_teardown()
-    last = last if last is not None else building
+               "drops a failed task's own); skipped when none failed.",
+        # where and as whom the project's tasks run: a deployment may serve only those queues/executors
+        **{k: v for k, v in project.operator_args.items() if k in _PLACEMENT}).as_teardown()
     if len(last) == 1 and not getattr(teardown.dag, "fail_fast", False):
         # After one task, the scheduler skips it when that task did not fail: no worker run for a green
         # build. After several, "one failed" would start it before the others end (a teardown's own
@@ -307,5 +322,6 @@ def _render_mapped(project: DbtProject, nodes: Mapping[str, GraphNode], deps: Ba
            + (f"\n\n{note}" if note else ""))
     task = mapped_node_task(list(nodes.values()), producer, doc, args)
     register(str(task.dag_id), task.task_id, nodes)
-    wire([(producer, task), *([(deps, producer)] if deps is not None else []),
-          *_failed_builds(project, [producer])])
+    # No edge from the producer to the node task (its map indexes start with the run anyway): the producer
+    # is a leaf, so the DAG run fails when its build failed, as in the task-per-node layout.
+    wire([*([(deps, producer)] if deps is not None else []), *_failed_builds(project, [producer])])
