@@ -595,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-store", choices=["s3"], help="streamed node results through a state store: "
                         "a moto S3 server on loopback (tests/s3server.py); prints request counts per run")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (task logs, projects)")
+    parser.add_argument("--no-assets-too", action="store_true",
+                        help="also run single and nodes_mapped with emit_assets=False (no asset events, no "
+                        "failed-builds teardown): what assets cost a DAG run, side by side")
     parser.add_argument("--cosmos-max", type=int, default=100,
                         help="largest size that also runs Cosmos 1.15 LOCAL and WATCHER (bench-only venv, "
                         "built once under bench/out like bench/render.py); 0: none")
@@ -643,14 +646,16 @@ def main(argv: list[str] | None = None) -> int:
                 profiles = pg_profiles(root / f"profiles_{key}", pg, f"wh_{key}")
             row = rows[f"bare_{key}"] = Row("bare dbt build", models, warehouse)
             manifest, bares[key] = bare(project, profiles, row)
-            shapes = [("single", "isolated"), ("nodes", "mapped")]
+            shapes = [("single", "isolated", True), ("nodes", "mapped", True)]
+            if args.no_assets_too:
+                shapes += [("single", "isolated", False), ("nodes", "mapped", False)]
             if models <= args.tasks_max:
-                shapes.append(("nodes", "streamed"))
+                shapes.append(("nodes", "streamed", True))
             if models <= args.isolated_max:
-                shapes += [("nodes", "isolated"), ("nodes", "floor")]
-            for shape, layout in shapes:
+                shapes += [("nodes", "isolated", True), ("nodes", "floor", True)]
+            for shape, layout, emit in shapes:
                 execution = "streamed" if layout == "mapped" else layout
-                name = "single" if shape == "single" else f"nodes_{layout}"
+                name = ("single" if shape == "single" else f"nodes_{layout}") + ("" if emit else "_no_assets")
                 if execution == "floor" and (not args.only or name not in args.only.split(",")):
                     continue  # asked for by name only
                 if args.only and name not in args.only.split(","):
@@ -667,7 +672,8 @@ def main(argv: list[str] | None = None) -> int:
                 dags.append({"dag_id": dag_id, "project_dir": str(project), "conn_id": cid, "shape": shape,
                              "execution": execution, "manifest_path": str(manifest),
                              "node_layout": "mapped" if layout == "mapped" else "tasks",
-                             "operator_args": OPERATOR_ARGS, "models": models, "bare": key,
+                             "operator_args": {**OPERATOR_ARGS, **({} if emit else {"emit_assets": False})},
+                             "models": models, "bare": key,
                              "warmup": args.warmup and execution not in ("isolated", "floor")})
                 rows[dag_id] = Row(f"ours: {name}", models, warehouse)
             for mode in ("local", "watcher") if models <= args.cosmos_max else ():
@@ -736,7 +742,7 @@ def report(rows: dict[str, Row], args: argparse.Namespace) -> int:
             if ratio > args.max_streamed_ratio:
                 missed.append(f"streamed {row.warehouse} {row.models}: {ratio:.2f}x > "
                               f"{args.max_streamed_ratio}x")
-        elif row.name in ("ours: nodes_isolated", "ours: single", "ours: nodes_floor"):
+        elif row.name.startswith("ours: "):
             ratios.append(f"{row.name[6:]}/bare {row.warehouse} {row.models}={ratio:.2f}")
         elif row.name.startswith("Cosmos"):
             mode = row.name.rsplit(" ", 1)[1].lower()
