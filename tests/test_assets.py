@@ -428,3 +428,15 @@ def test_postgres_events_use_the_providers_uri_and_carry_no_secret(pg: PgServer,
     assert urlunsplit(sanitize_uri(urlsplit(uri))) == uri
     assert events["seed.gen.raw_events"][0]["rows_affected"] == 3
     assert CANARY not in json.dumps(events)
+
+
+def test_the_failed_builds_teardown_needs_its_dag_for_the_aliases_it_emits_through() -> None:
+    from airflow.sdk import DAG
+
+    from dlh_airflow_common.operators.failed_builds import DbtFailedBuildAssetsOperator
+
+    with pytest.raises(ValueError, match="create DbtFailedBuildAssetsOperator inside its DAG"):
+        DbtFailedBuildAssetsOperator(task_id="emit", dbt_task_ids=["build"])
+    with DAG("own_teardown", schedule=None):
+        own = DbtFailedBuildAssetsOperator(task_id="emit", dbt_task_ids=["build_a", "build_b"]).as_teardown()
+    assert [a.name for a in own.outlets] == ["dbt/own_teardown/build_a", "dbt/own_teardown/build_b"]
