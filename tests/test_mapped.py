@@ -61,6 +61,15 @@ def test_the_mapped_layout_is_one_small_mapped_task_started_in_the_triggerer() -
     assert again.task_dict["dbt_nodes"].operator_class is nodes.operator_class
 
 
+def test_the_producer_watches_two_minutes_before_it_defers_unless_told() -> None:
+    # a short build ends on its worker: no resume floor, no second worker process on the DAG run's tail
+    for layout in ("mapped", "tasks"):
+        assert dbt_dag(f"p_{layout}", _project(node_layout=layout), **WHEN).task_dict["dbt_producer"].defer_after \
+            == 120.0
+    told = _project(node_layout="mapped", operator_args={"defer_after": 30})
+    assert dbt_dag("p_told", told, **WHEN).task_dict["dbt_producer"].defer_after == 30.0
+
+
 def test_auto_picks_the_layout_by_node_count_and_bad_layouts_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
     from dlh_airflow_common.rendering import mapped
 

@@ -303,12 +303,20 @@ def _failed_builds(project: DbtProject, building: list[BaseOperator],
     return [(t, teardown) for t in last]
 
 
+# The producer watches dbt from its worker this long before it defers (unless `defer_after` is set).
+# A resumed task costs a new worker process and, for a deferral younger than 15 s, Airflow's resume
+# floor (docs/airflow-upstream.md #5): up to 15 s on the DAG run, paid by every build that ends soon
+# after the deferral. Two minutes of a worker slot keeps that under an eighth of any build that defers.
+PRODUCER_DEFER_AFTER = 120.0
+
+
 def _producer(project: DbtProject, args: dict[str, Any]) -> DbtOperator:
     return DbtOperator(
         task_id=PRODUCER_TASK_ID, command="build", select=list(project.select) or None,
         exclude=list(project.exclude) or None, selector=project.selector, stream_nodes=True,
         doc_md="Builds the whole selection in one detached `dbt build` and streams each node's "
-               "result to the node tasks, which wait for it in the triggerer.", **args)
+               "result to the node tasks, which wait for it in the triggerer.",
+        **{"defer_after": PRODUCER_DEFER_AFTER, **args})
 
 
 def _render_mapped(project: DbtProject, nodes: Mapping[str, GraphNode], deps: BaseOperator | None, note: str,
