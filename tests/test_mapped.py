@@ -70,6 +70,29 @@ def test_the_producer_watches_two_minutes_before_it_defers_unless_told() -> None
     assert dbt_dag("p_told", told, **WHEN).task_dict["dbt_producer"].defer_after == 30.0
 
 
+def test_a_streamed_task_group_watches_its_own_producer_and_is_the_only_one_in_its_dag() -> None:
+    from airflow.sdk import DAG
+
+    from dlh_airflow_common.rendering import dbt_task_group
+
+    for layout in ("tasks", "mapped"):
+        with DAG(f"grouped_{layout}", **WHEN) as dag:
+            dbt_task_group("dbt", _project(node_layout=layout))
+        watching = {t.partial_kwargs["stream_from"] if layout == "mapped" else t.stream_from
+                    for t in dag.tasks if t.task_id.startswith(("dbt.model.", "dbt.dbt_nodes"))}
+        assert watching == {"dbt.dbt_producer"}, (layout, watching)
+        assert dag.task_dict["dbt.dbt_producer"].stream_nodes
+        # node results are kept per DAG run: a second streamed project in the DAG would read the first's
+        with DAG(f"two_streams_{layout}", **WHEN), pytest.raises(
+                ValueError, match=r"already streams a dbt build \(task one.dbt_producer\): one streamed project"):
+            dbt_task_group("one", _project(node_layout=layout))
+            dbt_task_group("two", _project(node_layout=layout))
+    with DAG("stream_and_isolated", **WHEN) as dag:  # a streamed and an isolated project share a DAG
+        dbt_task_group("one", _project())
+        dbt_task_group("two", DbtProject(project_dir=PROJECT, conn_id="render_duck", shape="nodes"))
+    assert "two.model.stg_a" in dag.task_dict
+
+
 def test_auto_picks_the_layout_by_node_count_and_bad_layouts_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
     from dlh_airflow_common.rendering import mapped
 

@@ -241,6 +241,10 @@ def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, de
         return
     if project.shape == "nodes":
         extra_nodes = list(graph.nodes.values())
+    if project.shape == "nodes" and project.execution == "streamed":
+        # Made first: its task id carries the enclosing task group's prefix, which node tasks watch.
+        tasks[PRODUCER_TASK_ID] = _producer(project, args)
+        args = {**args, "stream_from": tasks[PRODUCER_TASK_ID].task_id}
     declare = project.shape == "nodes" and project.execution == "isolated"  # streamed: the producer emits
     for node in extra_nodes:
         tasks[node.unique_id] = factory(node, ids[node.unique_id], node_doc(
@@ -249,11 +253,9 @@ def _render_graph(project: DbtProject, loaded: LoadedGraph, serialised: bool, de
             node_assets.args(node, args) if declare else args)
     if project.shape == "nodes":
         edges += [(tasks[up], tasks[down]) for up, down in graph.edges()]
-        if project.execution == "streamed":
-            # No edge from the producer to the node tasks (they start with the run anyway): it stays a
-            # leaf, so the DAG run fails when its build failed. Else a failed model whose children dbt
-            # skipped left only skipped leaves, and Airflow called the run a success.
-            tasks[PRODUCER_TASK_ID] = _producer(project, args)
+        # Streamed: no edge from the producer to the node tasks (they start with the run anyway): it
+        # stays a leaf, so the DAG run fails when its build failed. Else a failed model whose children
+        # dbt skipped left only skipped leaves, and Airflow called the run a success.
     else:
         layers = build_layers(graph, loaded.layers, project.layers)
         for layer in layers:
@@ -311,12 +313,19 @@ PRODUCER_DEFER_AFTER = 120.0
 
 
 def _producer(project: DbtProject, args: dict[str, Any]) -> DbtOperator:
-    return DbtOperator(
+    producer = DbtOperator(
         task_id=PRODUCER_TASK_ID, command="build", select=list(project.select) or None,
         exclude=list(project.exclude) or None, selector=project.selector, stream_nodes=True,
         doc_md="Builds the whole selection in one detached `dbt build` and streams each node's "
                "result to the node tasks, which wait for it in the triggerer.",
         **{"defer_after": PRODUCER_DEFER_AFTER, **args})
+    # A run's node results are kept per DAG run: a second streamed project would read the first's.
+    if others := [t.task_id for t in producer.dag.tasks if t is not producer and getattr(t, "stream_nodes", False)]:
+        raise ValueError(
+            f"DAG {producer.dag_id} already streams a dbt build (task {others[0]}): one streamed project "
+            "(shape='nodes', execution='streamed') per DAG, since a run's node results are kept per DAG run. "
+            "Render the other project with execution='isolated' or in a DAG of its own.")
+    return producer
 
 
 def _render_mapped(project: DbtProject, nodes: Mapping[str, GraphNode], deps: BaseOperator | None, note: str,

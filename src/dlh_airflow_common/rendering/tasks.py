@@ -47,8 +47,8 @@ def streamed_node_task(node: GraphNode, task_id: str, doc: str, args: Mapping[st
     command = COMMANDS[node.resource_type]
     extra = NODE_ARGS if command == "build" else []
     return DbtOperator(task_id=task_id, command=command, select=[node.selector], extra_args=extra,
-                       doc_md=doc, dbt_unique_id=node.unique_id, stream_from=PRODUCER_TASK_ID,
-                       node_tests=node.tests, **{**args, "trigger_rule": "always"})
+                       doc_md=doc, dbt_unique_id=node.unique_id, node_tests=node.tests,
+                       **{"stream_from": PRODUCER_TASK_ID, **args, "trigger_rule": "always"})
 
 
 # Execution modes for the `nodes` shape.
