@@ -320,7 +320,8 @@ def _producer(project: DbtProject, args: dict[str, Any]) -> DbtOperator:
                "result to the node tasks, which wait for it in the triggerer.",
         **{"defer_after": PRODUCER_DEFER_AFTER, **args})
     # A run's node results are kept per DAG run: a second streamed project would read the first's.
-    others = [t.task_id for t in producer.dag.tasks if t is not producer and getattr(t, "stream_nodes", 0)]
+    others = [t.task_id for t in producer.dag.tasks
+              if t is not producer and isinstance(t, DbtOperator) and t.stream_nodes]
     if others:
         raise ValueError(
             f"DAG {producer.dag_id} already streams a dbt build (task {others[0]}): one streamed project "
