@@ -68,11 +68,16 @@ def test_the_producer_watches_two_minutes_before_it_defers_unless_told() -> None
             == 120.0
     told = _project(node_layout="mapped", operator_args={"defer_after": 30})
     assert dbt_dag("p_told", told, **WHEN).task_dict["dbt_producer"].defer_after == 30.0
+    by_default_args = dbt_dag("p_defaults", _project(), default_args={"defer_after": 45}, **WHEN)
+    assert by_default_args.task_dict["dbt_producer"].defer_after == 45.0
+    assert by_default_args.task_dict["model.stg_a"].defer_after == 45.0
+    assert dbt_dag("p_other", _project(), **WHEN).task_dict["model.stg_a"].defer_after == 15.0
 
 
 def test_a_streamed_task_group_watches_its_own_producer_and_is_the_only_one_in_its_dag() -> None:
     from airflow.sdk import DAG
 
+    from dlh_airflow_common.operators.dbt import DbtOperator
     from dlh_airflow_common.rendering import dbt_task_group
 
     for layout in ("tasks", "mapped"):
@@ -84,9 +89,13 @@ def test_a_streamed_task_group_watches_its_own_producer_and_is_the_only_one_in_i
         assert dag.task_dict["dbt.dbt_producer"].stream_nodes
         # node results are kept per DAG run: a second streamed project in the DAG would read the first's
         with DAG(f"two_streams_{layout}", **WHEN), pytest.raises(
-                ValueError, match=r"already streams a dbt build \(task one.dbt_producer\): one streamed project"):
+                ValueError, match=r"already streams a dbt build \(task one.dbt_producer\), so two.dbt_producer"):
             dbt_task_group("one", _project(node_layout=layout))
             dbt_task_group("two", _project(node_layout=layout))
+    with DAG("own_producer_after", **WHEN), pytest.raises(
+            ValueError, match=r"already streams a dbt build \(task dbt.dbt_producer\), so mine cannot"):
+        dbt_task_group("dbt", _project())
+        DbtOperator(task_id="mine", command="build", dbt_project_dir=PROJECT, stream_nodes=True)
     with DAG("stream_and_isolated", **WHEN) as dag:  # a streamed and an isolated project share a DAG
         dbt_task_group("one", _project())
         dbt_task_group("two", DbtProject(project_dir=PROJECT, conn_id="render_duck", shape="nodes"))

@@ -183,6 +183,21 @@ def test_timeout_cancels_dbt_and_cleans_up(dags: Any, mode: str, pg: PgServer,
     assert not (RUNTIME / "deferred").exists() or not any((RUNTIME / "deferred").iterdir())
 
 
+def test_a_timeout_shorter_than_the_watch_before_deferring_still_counts_from_the_launch(
+        dags: Any, pg: PgServer, capfd: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    dr, log = _run_logged(dags, "pg_watched_timeout", capfd)
+    elapsed = time.monotonic() - started
+    assert dr.state == "failed"
+    failure = _failure(dr.dag_id)
+    assert failure["type"] == "DbtTimeoutException" and "timed out after 8s" in failure["text"], failure
+    assert "dbt still running after 8s; deferring" in log  # not after defer_after's 120 s
+    assert elapsed < 60, elapsed  # watch (8 s), Airflow's resume floor (15 s), dbt's cancel
+    assert _no_dbt_processes()
+    assert pg.execute("select count(*) from pg_stat_activity where query like '%pg_sleep%' "
+                      "and pid <> pg_backend_pid()") == [(0,)]
+
+
 @pytest.mark.parametrize("mode", ["sync", "deferred"])
 def test_retry_resumes_with_dbt_retry(dags: Any, mode: str, capfd: pytest.CaptureFixture[str]) -> None:
     flaky = Path(os.environ["DLH_TEST_PROJECT_DIR"]).parent / "flaky.csv"

@@ -67,6 +67,10 @@ for mode, deferrable in (("sync", False), ("deferred", True)):
          select="+flaky_child", exclude="test_type:data", vars={"flaky": True},
          env_vars={"DLH_FLAKY_CSV": FLAKY_CSV}, retries=1, retry_delay=timedelta(seconds=0),
          on_retry_callback=_make_flaky_pass)
+# Watched from its worker for up to 120 s, but its timeout is 8 s: the watch stops there, not at 120 s.
+_dag("pg_watched_timeout", command="build", conn_id="pg_ops", deferrable=True, defer_after=120, timeout=8,
+     exclude="test_type:data", select="+slow_model", vars={"slow_seconds": 120}, cancel_grace=10,
+     keep_target_artifacts=False)
 # The retry state through the state store (the suite's S3): the retry finds none on its "host".
 _dag("duck_sync_retry_resume_store", command="build", conn_id="duck_ops", select="+flaky_child",
      exclude="test_type:data", vars={"flaky": True}, env_vars={"DLH_FLAKY_CSV": FLAKY_CSV}, retries=1,

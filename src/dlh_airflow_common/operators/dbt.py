@@ -34,7 +34,6 @@ from dlh_airflow_common.operators import producer, settings, streamed
 from dlh_airflow_common.operators.deferral import (
     DetachedRun,
     exception_from_event,
-    trigger_deadline,
     watch_briefly,
 )
 from dlh_airflow_common.operators.failed_builds import emitted_by_teardown, has_teardown
@@ -49,6 +48,11 @@ if TYPE_CHECKING:
 # the deferring task process lingers ~5 s before its executor event reaches the scheduler, and 3.3.2
 # fails a resumed try that is queued or running by then (apache/airflow#71580, #72716).
 MIN_DEFERRAL_SECONDS = 15.0
+# A streamed producer watches dbt from its worker this long before it defers. A resumed task costs a new
+# worker process and, for a deferral younger than MIN_DEFERRAL_SECONDS, Airflow's resume floor
+# (docs/airflow-upstream.md #5): up to 15 s on the DAG run, paid by every build that ends soon after the
+# deferral. Two minutes of a worker slot keeps that under an eighth of any build that defers.
+PRODUCER_DEFER_AFTER = 120.0
 
 
 _UNSET = object()
@@ -229,8 +233,9 @@ class DbtOperator(BaseOperator):
             else unwatched_timeout,
             # A deferrable task watches its dbt run itself this long before it defers: a resumed task
             # waits at least MIN_DEFERRAL_SECONDS, so a shorter command ends sooner without deferring.
-            "defer_after": MIN_DEFERRAL_SECONDS if defer_after is None else
-            defer_after.total_seconds() if isinstance(defer_after, timedelta) else float(defer_after),
+            # A streamed producer watches longer (PRODUCER_DEFER_AFTER): its DAG run ends when it does.
+            "defer_after": (PRODUCER_DEFER_AFTER if stream_nodes else MIN_DEFERRAL_SECONDS) if defer_after is None
+            else defer_after.total_seconds() if isinstance(defer_after, timedelta) else float(defer_after),
             # A string is a template rendered at run time (a list with render_template_as_native_obj).
             "extra_args": extra_args if isinstance(extra_args, str) else list(extra_args),
             # What old run dirs, retry state and control dirs to keep (see core/retention.py).
@@ -258,6 +263,8 @@ class DbtOperator(BaseOperator):
         self.__dict__.update({k: v for k, v in own.items() if _DEFAULTS.get(k, _UNSET) != v})
         if stream_from:
             streamed.born_in_triggerer(self)
+        if stream_nodes and self.has_dag():
+            streamed.only_producer_of_its_dag(self)
         if emit_assets and dbt_unique_id is None and assets.builds(command):
             self.outlets = [*self.outlets, assets.task_alias(self.dag.dag_id if self.has_dag() else None,
                                                               self.task_id)]
@@ -452,20 +459,23 @@ class DbtOperator(BaseOperator):
         ctl = run.launch()
         self.log.info("dbt %s started detached (control dir %s)", plan.command, ctl.path)
         self._watching = ctl
+        # `timeout` counts from the launch, watched here or from the trigger: the watch stops at it
+        timeout_at = started + self.timeout if self.timeout else None
+        watch = self.defer_after if timeout_at is None else max(0.0, min(self.defer_after, timeout_at - time.time()))
         try:
-            status, relayed = watch_briefly(ctl, self.defer_after, self.log.info)
+            status, relayed = watch_briefly(ctl, watch, self.log.info)
         finally:
             self._watching = None
         if status is not None:
             self.log.info("dbt ended within %.0fs: reporting without deferring", self.defer_after)
             return self._complete(context, ctl.outcome(status, started))
-        self.log.info("dbt still running after %.0fs; deferring", self.defer_after)
+        self.log.info("dbt still running after %.0fs; deferring", watch)
         from dlh_airflow_common.triggers.dbt import DbtExecutionTrigger
 
         self.defer(
             trigger=DbtExecutionTrigger(
                 control_dir=str(ctl.path), check_interval=self.check_interval,
-                timeout_at=trigger_deadline(self.timeout), cancel_grace=self.cancel_grace,
+                timeout_at=timeout_at, cancel_grace=self.cancel_grace,
                 started_at=started, resume_not_before=time.time() + MIN_DEFERRAL_SECONDS,
                 # through the store, progress comes in objects: the trigger relays them from the first
                 progress_offset=0 if mirrored else relayed,

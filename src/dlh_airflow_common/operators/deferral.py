@@ -113,10 +113,6 @@ def watch_briefly(ctl: ControlDir, seconds: float,
         raise
 
 
-def trigger_deadline(timeout: float | None) -> float | None:
-    return time.time() + timeout if timeout else None
-
-
 def exception_from_event(event: dict[str, Any], command: str, timeout: float | None) -> DbtException:
     """The same exception a synchronous run of the command would have raised."""
     status = event.get("status")

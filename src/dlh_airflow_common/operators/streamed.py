@@ -101,6 +101,17 @@ def hint_naming_hook(op: DbtOperator) -> None:
                     len(op.node_index or []) - 1)
 
 
+def only_producer_of_its_dag(op: DbtOperator) -> None:
+    """A run's node results are kept per DAG run: a second producer in the DAG would mix its nodes in."""
+    others = [t.task_id for t in op.dag.tasks if t is not op and getattr(t, "stream_nodes", False) is True]
+    if others:
+        raise ValueError(
+            f"DAG {op.dag_id} already streams a dbt build (task {others[0]}), so {op.task_id} cannot: one "
+            "streamed project (stream_nodes=True; shape='nodes', execution='streamed') per DAG, since a run's "
+            "node results are kept per DAG run. Render the other project with execution='isolated' or in a "
+            "DAG of its own.")
+
+
 def born_in_triggerer(op: DbtOperator) -> None:
     """Make the scheduler start the task in the triggerer (Airflow >= 3.3), never on a worker."""
     if not op.dbt_unique_id:

@@ -305,29 +305,12 @@ def _failed_builds(project: DbtProject, building: list[BaseOperator],
     return [(t, teardown) for t in last]
 
 
-# The producer watches dbt from its worker this long before it defers (unless `defer_after` is set).
-# A resumed task costs a new worker process and, for a deferral younger than 15 s, Airflow's resume
-# floor (docs/airflow-upstream.md #5): up to 15 s on the DAG run, paid by every build that ends soon
-# after the deferral. Two minutes of a worker slot keeps that under an eighth of any build that defers.
-PRODUCER_DEFER_AFTER = 120.0
-
-
 def _producer(project: DbtProject, args: dict[str, Any]) -> DbtOperator:
-    producer = DbtOperator(
+    return DbtOperator(
         task_id=PRODUCER_TASK_ID, command="build", select=list(project.select) or None,
         exclude=list(project.exclude) or None, selector=project.selector, stream_nodes=True,
         doc_md="Builds the whole selection in one detached `dbt build` and streams each node's "
-               "result to the node tasks, which wait for it in the triggerer.",
-        **{"defer_after": PRODUCER_DEFER_AFTER, **args})
-    # A run's node results are kept per DAG run: a second streamed project would read the first's.
-    others = [t.task_id for t in producer.dag.tasks
-              if t is not producer and isinstance(t, DbtOperator) and t.stream_nodes]
-    if others:
-        raise ValueError(
-            f"DAG {producer.dag_id} already streams a dbt build (task {others[0]}): one streamed project "
-            "(shape='nodes', execution='streamed') per DAG, since a run's node results are kept per DAG run. "
-            "Render the other project with execution='isolated' or in a DAG of its own.")
-    return producer
+               "result to the node tasks, which wait for it in the triggerer.", **args)
 
 
 def _render_mapped(project: DbtProject, nodes: Mapping[str, GraphNode], deps: BaseOperator | None, note: str,
