@@ -234,8 +234,9 @@ class DbtOperator(BaseOperator):
             # A deferrable task watches its dbt run itself this long before it defers: a resumed task
             # waits at least MIN_DEFERRAL_SECONDS, so a shorter command ends sooner without deferring.
             # A streamed producer watches longer (PRODUCER_DEFER_AFTER): its DAG run ends when it does.
-            "defer_after": (PRODUCER_DEFER_AFTER if stream_nodes else MIN_DEFERRAL_SECONDS) if defer_after is None
-            else defer_after.total_seconds() if isinstance(defer_after, timedelta) else float(defer_after),
+            "defer_after": (PRODUCER_DEFER_AFTER if stream_nodes else MIN_DEFERRAL_SECONDS)
+            if defer_after is None else
+            defer_after.total_seconds() if isinstance(defer_after, timedelta) else float(defer_after),
             # A string is a template rendered at run time (a list with render_template_as_native_obj).
             "extra_args": extra_args if isinstance(extra_args, str) else list(extra_args),
             # What old run dirs, retry state and control dirs to keep (see core/retention.py).
@@ -461,7 +462,8 @@ class DbtOperator(BaseOperator):
         self._watching = ctl
         # `timeout` counts from the launch, watched here or from the trigger: the watch stops at it
         timeout_at = started + self.timeout if self.timeout else None
-        watch = self.defer_after if timeout_at is None else max(0.0, min(self.defer_after, timeout_at - time.time()))
+        watch = self.defer_after if timeout_at is None else \
+            max(0.0, min(self.defer_after, timeout_at - time.time()))
         try:
             status, relayed = watch_briefly(ctl, watch, self.log.info)
         finally:

@@ -106,10 +106,10 @@ def only_producer_of_its_dag(op: DbtOperator) -> None:
     others = [t.task_id for t in op.dag.tasks if t is not op and getattr(t, "stream_nodes", False) is True]
     if others:
         raise ValueError(
-            f"DAG {op.dag_id} already streams a dbt build (task {others[0]}), so {op.task_id} cannot: one "
-            "streamed project (stream_nodes=True; shape='nodes', execution='streamed') per DAG, since a run's "
-            "node results are kept per DAG run. Render the other project with execution='isolated' or in a "
-            "DAG of its own.")
+            f"DAG {op.dag_id} already streams a dbt build (task {others[0]}), so {op.task_id} cannot: "
+            "one streamed project (stream_nodes=True; shape='nodes', execution='streamed') per DAG, since "
+            "a run's node results are kept per DAG run. Render the other project with "
+            "execution='isolated' or in a DAG of its own.")
 
 
 def born_in_triggerer(op: DbtOperator) -> None:
