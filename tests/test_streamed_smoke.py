@@ -189,7 +189,7 @@ def test_streamed_nodes_run_without_a_worker(smoke: Smoke) -> None:
     assert {t: r for t, r in rows.items() if r[0] != "success"} == {}, rows
 
     run_dir = smoke.home / "logs" / f"dag_id={STREAMED}" / f"run_id={run_id}"
-    # The check sees a worker where there was one: the producer ran (and resumed) on a worker.
+    # The check sees a worker where there was one: the producer ran on a worker.
     assert _worker_trace(rows[PRODUCER][2:], run_dir / f"task_id={PRODUCER}"), rows[PRODUCER]
     for task in nodes:
         assert not _worker_trace(rows[task][2:], run_dir / f"task_id={task}"), f"{task} ran on a worker: {rows[task]}"
