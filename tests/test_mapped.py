@@ -318,6 +318,45 @@ def test_a_trigger_holds_its_final_event_until_the_triggerer_read_its_log_lines(
 
         early, waited = asyncio.run(wait())
         assert not early and 0.5 <= waited < 5, (early, waited)
+
+        # Thousands of waiters share one poll of the socket: the loop's work does not grow with them.
+        ours.sendall(b'{"event": "model.p.b built (0.5s)"}\n' * 50)
+        polls = 0
+        counted = offloop.unread_log_bytes
+
+        def counting(fd: int) -> int:
+            nonlocal polls
+            polls += 1
+            return counted(fd)
+
+        async def many() -> list[float]:
+            waiting = [asyncio.create_task(offloop.logs_delivered(timeout=10, fd=ours.fileno()))
+                       for _ in range(2000)]
+            await asyncio.sleep(0.5)
+            assert not any(w.done() for w in waiting)
+            while counted(ours.fileno()) > 0:
+                supervisor.recv(4096)
+            return list(await asyncio.gather(*waiting))
+
+        offloop.unread_log_bytes = counting  # type: ignore[assignment]
+        try:
+            waits = asyncio.run(many())
+        finally:
+            offloop.unread_log_bytes = counted  # type: ignore[assignment]
+        assert all(0.5 <= w < 5 for w in waits) and polls < 100, (min(waits), max(waits), polls)
+        # one that times out leaves the others waiting, and the drain still ends when the socket empties
+        ours.sendall(b"x" * 100)
+
+        async def one_gives_up() -> tuple[float, float]:
+            short = asyncio.create_task(offloop.logs_delivered(timeout=0.2, fd=ours.fileno()))
+            long = asyncio.create_task(offloop.logs_delivered(timeout=10, fd=ours.fileno()))
+            gave_up = await short
+            assert not long.done()
+            supervisor.recv(4096)
+            return gave_up, await long
+
+        gave_up, waited = asyncio.run(one_gives_up())
+        assert 0.2 <= gave_up < 0.5 and 0.2 <= waited < 2, (gave_up, waited)
     finally:
         ours.close()
         supervisor.close()

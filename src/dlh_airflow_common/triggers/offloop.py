@@ -99,11 +99,49 @@ async def logs_delivered(timeout: float | None = None, interval: float = 0.02,
     if fd is None:
         return 0.0
     began = time.monotonic()
-    while time.monotonic() - began < timeout:
-        try:
-            if unread_log_bytes(fd) <= 0:
-                break
-        except OSError:
-            break
-        await asyncio.sleep(interval)
+    try:
+        await asyncio.wait_for(asyncio.shield(_Drain.of(fd, interval).wait(began + timeout)), timeout)
+    except TimeoutError:
+        pass
     return time.monotonic() - began
+
+
+class _Drain:
+    """One poll of a log socket for every trigger of the process waiting for it to empty.
+
+    Thousands of triggers end together when dbt does; each polling the socket itself every 20 ms made
+    the event loop's own work grow with them, slowing the very reads they waited for.
+    """
+
+    drains: dict[int, _Drain] = {}  # fd -> the drain being watched
+
+    def __init__(self, fd: int, interval: float) -> None:
+        self.fd, self.interval, self.until = fd, interval, 0.0
+        self.loop = asyncio.get_running_loop()
+        self.emptied: asyncio.Future[None] = self.loop.create_future()
+        self.task = self.loop.create_task(self._poll())
+
+    @classmethod
+    def of(cls, fd: int, interval: float) -> _Drain:
+        drain = cls.drains.get(fd)
+        # joined before its next check, which then follows the caller's lines
+        if drain is None or drain.emptied.done() or drain.loop is not asyncio.get_running_loop():
+            drain = cls.drains[fd] = cls(fd, interval)
+        return drain
+
+    async def wait(self, until: float) -> None:
+        self.until = max(self.until, until)  # polled while anyone still waits
+        await self.emptied
+
+    async def _poll(self) -> None:
+        try:
+            while time.monotonic() < self.until or not self.until:
+                try:
+                    if unread_log_bytes(self.fd) <= 0:
+                        break
+                except OSError:
+                    break
+                await asyncio.sleep(self.interval)
+        finally:
+            if not self.emptied.done():
+                self.emptied.set_result(None)
